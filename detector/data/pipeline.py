@@ -1,0 +1,243 @@
+"""tf.data input pipelines from TFDS detection datasets to fixed-shape batches.
+
+Every dataset is read through TFDS with the features of `coco/2017`
+(`image`, `image/id`, `objects/{bbox, label, is_crowd}`); the built-in `shapes`
+dataset has the same structure. Batches are dicts of numpy arrays:
+
+  `image`      uint8 [b, H, W, 3], resized (aspect preserved) and padded at the
+               bottom/right to `config.input.image_size`.
+  `boxes`      float32 [b, max_boxes, 4] `[ymin, xmin, ymax, xmax]` in pixels of
+               the padded input; padding rows are zeros.
+  `labels`     int32 [b, max_boxes] class indices in [0, num_classes).
+  `box_mask`   bool [b, max_boxes], False for padding.
+  `image_id`   int64 [b]; `scale` float32 [b] (input pixels per original pixel);
+  `orig_size`  int32 [b, 2] (height, width of the original image);
+  `example_mask` bool [b], False for the padding examples of the last eval batch.
+
+Each process reads its own slice of every split (`tfds.even_splits`), so the
+same code feeds one CPU or many hosts. Training order is a pure function of
+(seed, position): the decoded split is cached, shuffled with a fixed seed
+every epoch, repeated, and every example's augmentation draws its randomness
+from (seed, its position in the stream). Resuming at step s skips exactly
+s * batch examples before any augmentation runs, so a resumed run sees the
+batches the uninterrupted run would have seen.
+"""
+
+import math
+from typing import Iterator, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from detector.data import preprocess
+
+
+def get_builder(config: ml_collections.ConfigDict):
+  """The TFDS builder of `config.dataset.name` (registering `shapes` first)."""
+  from detector.data import shapes  # pylint: disable=g-import-not-at-top,unused-import
+  try:
+    return tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f'config.dataset.name={config.dataset.name!r} is not a '
+                     f'known TFDS dataset: {e}') from None
+
+
+def prepare(builder):
+  """Generates the dataset if missing (local generation only for `shapes`)."""
+  if jax.process_index() == 0:
+    builder.download_and_prepare()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('dataset prepared')
+
+
+def class_names(builder):
+  return list(builder.info.features['objects']['label'].names)
+
+
+def split_size(builder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError:
+    raise ValueError(f'split {split!r} is not in {builder.info.full_name}; it has '
+                     f'{sorted(builder.info.splits)}') from None
+
+
+def _process_split(split: str) -> str:
+  if jax.process_count() == 1:
+    return split
+  return tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+
+
+def _decode(example):
+  """TFDS example -> uint8 image, pixel boxes, labels and metadata."""
+  image = example['image']
+  shape = tf.shape(image)
+  objects = example['objects']
+  boxes = preprocess.normalized_to_pixels(objects['bbox'], shape[0], shape[1])
+  # Crowd regions are not objects to detect; evaluation reads them from the
+  # ground truth directly and ignores detections on them, as COCO does.
+  keep = tf.logical_not(tf.cast(objects['is_crowd'], tf.bool))
+  return {
+      'image': image,
+      'boxes': tf.boolean_mask(boxes, keep),
+      'labels': tf.boolean_mask(tf.cast(objects['label'], tf.int32), keep),
+      'image_id': tf.cast(example['image/id'], tf.int64),
+      'orig_size': shape[:2],
+  }
+
+
+def _finish(image, boxes, labels, info, example, max_boxes, min_visible):
+  """Filters boxes cut away by a crop, pads to max_boxes, packs the dict."""
+  size = tf.shape(image)[:2]
+  unclipped = preprocess.transform_boxes(example['boxes'], info)
+  del boxes  # The op's clipped boxes; visibility is measured on `unclipped`.
+  clipped, labels, keep = preprocess.clip_and_filter_boxes(
+      unclipped, labels, tf.minimum(size[0], info['valid_size'][0]),
+      tf.minimum(size[1], info['valid_size'][1]),
+      min_visible_fraction=min_visible)
+  padded = preprocess.pad_to_max_boxes(clipped, labels, keep, max_boxes)
+  return {
+      'image': tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
+      'boxes': padded['boxes'],
+      'labels': padded['labels'],
+      'box_mask': padded['mask'],
+      'num_dropped': padded['num_dropped'],
+      'image_id': example['image_id'],
+      'scale': info['scale'],
+      'orig_size': example['orig_size'],
+      'example_mask': tf.constant(True),
+  }
+
+
+def _train_map(config, seed):
+  size = tuple(config.input.image_size)
+  lo, hi = config.input.scale_jitter
+
+  def fn(index, example):
+    example_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, 0], tf.int64), index)
+    flip_seed, jitter_seed = tf.unstack(
+        tf.random.experimental.stateless_split(example_seed, 2))
+    image, boxes = example['image'], example['boxes']
+    if config.input.hflip:
+      image, boxes = preprocess.random_horizontal_flip(image, boxes, flip_seed)
+      example = dict(example, boxes=boxes)
+    if (lo, hi) != (1.0, 1.0):
+      image, boxes, info = preprocess.random_scale_jitter(
+          image, boxes, size, lo, hi, jitter_seed)
+    else:
+      image, boxes, info = preprocess.resize_and_pad(image, boxes, size)
+    return _finish(image, boxes, example['labels'], info, example,
+                   config.input.max_boxes, config.input.min_visible_fraction)
+  return fn
+
+
+def train_dataset(config: ml_collections.ConfigDict, builder,
+                  start_step: int = 0) -> tf.data.Dataset:
+  """The endless training stream of this process, from `start_step` on."""
+  local_batch = config.batch_size // jax.process_count()
+  split = _process_split(config.dataset.train_split)
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=tfds.ReadConfig(shuffle_seed=config.seed))
+  ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
+  if config.input.cache:
+    ds = ds.cache()
+  ds = ds.shuffle(config.input.shuffle_buffer, seed=config.seed,
+                  reshuffle_each_iteration=True)
+  ds = ds.repeat().enumerate()
+  ds = ds.skip(start_step * local_batch)
+  ds = ds.map(_train_map(config, config.seed),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = max(1, config.input.num_threads)
+  ds = ds.with_options(options)
+  return ds.prefetch(config.input.prefetch)
+
+
+def eval_batches(config: ml_collections.ConfigDict, builder, split: str,
+                 batch_size: Optional[int] = None) -> Iterator[dict]:
+  """Yields this process's batches of `split`, resized, never augmented.
+
+  Every process yields the same number of batches (the largest shard's), the
+  last ones padded with `example_mask=False` examples, so collective
+  computations over the mesh stay in step across hosts.
+  """
+  batch = (batch_size or config.eval_batch_size) // jax.process_count()
+  size = tuple(config.input.image_size)
+  max_boxes = config.input.max_boxes
+
+  def fn(example):
+    image, boxes, info = preprocess.resize_and_pad(example['image'],
+                                                   example['boxes'], size)
+    return _finish(image, boxes, example['labels'], info, example, max_boxes,
+                   0.0)
+
+  total = split_size(builder, split)
+  num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch)
+  ds = builder.as_dataset(split=_process_split(split), shuffle_files=False)
+  ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
+  ds = ds.prefetch(2)
+  it = iter(tfds.as_numpy(ds))
+  for _ in range(num_batches):
+    yield pad_batch(next(it, None), batch, size, max_boxes)
+
+
+def pad_batch(batch, batch_size, image_size, max_boxes):
+  """Pads a (possibly missing or short) batch to `batch_size` examples."""
+  if batch is None:
+    batch = empty_batch(0, image_size, max_boxes)
+  n = len(batch['image_id'])
+  if n == batch_size:
+    return batch
+  pad = empty_batch(batch_size - n, image_size, max_boxes)
+  return {k: np.concatenate([batch[k], pad[k]]) for k in batch}
+
+
+def empty_batch(n, image_size, max_boxes):
+  h, w = image_size
+  return {
+      'image': np.zeros((n, h, w, 3), np.uint8),
+      'boxes': np.zeros((n, max_boxes, 4), np.float32),
+      'labels': np.zeros((n, max_boxes), np.int32),
+      'box_mask': np.zeros((n, max_boxes), bool),
+      'num_dropped': np.zeros((n,), np.int32),
+      'image_id': np.full((n,), -1, np.int64),
+      'scale': np.ones((n,), np.float32),
+      'orig_size': np.zeros((n, 2), np.int32),
+      'example_mask': np.zeros((n,), bool),
+  }
+
+
+def groundtruth_coco(builder, split: str, names) -> dict:
+  """The whole split's ground truth as a COCO annotation dict.
+
+  Boxes are `[x, y, w, h]` in pixels of the original images; category ids
+  are label + 1 (names from the dataset's metadata). Read on the host from
+  TFDS directly, so nothing the training pipeline pads or cuts is lost.
+  """
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  images, annotations = [], []
+  for ex in tfds.as_numpy(ds):
+    h, w = ex['image'].shape[:2]
+    image_id = int(ex['image/id'])
+    images.append({'id': image_id, 'height': int(h), 'width': int(w)})
+    objects = ex['objects']
+    for i, (box, label) in enumerate(zip(objects['bbox'], objects['label'])):
+      ymin, xmin, ymax, xmax = (float(v) for v in box * [h, w, h, w])
+      area = objects['area'][i] if 'area' in objects else (ymax - ymin) * (xmax - xmin)
+      annotations.append({
+          'id': len(annotations) + 1, 'image_id': image_id,
+          'category_id': int(label) + 1,
+          'bbox': [xmin, ymin, xmax - xmin, ymax - ymin],
+          'area': float(area),
+          'iscrowd': int(objects['is_crowd'][i]) if 'is_crowd' in objects else 0,
+      })
+  return {'images': images, 'annotations': annotations,
+          'categories': [{'id': i + 1, 'name': n} for i, n in enumerate(names)]}

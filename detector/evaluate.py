@@ -1,0 +1,151 @@
+"""Evaluation of a trained detector: jitted predictions -> COCO metrics and files.
+
+For each evaluated split, predictions run as one jitted function over the
+device mesh (fixed shapes: padded images, NMS with a fixed top-K); on the
+host, boxes go back to `[x, y, w, h]` pixels of the original images (the one
+place where that conversion happens) and are scored by
+`detector.evaluation` against the split's full ground truth read from TFDS.
+
+Writes `workdir/eval/{metrics,detections,groundtruth}_<split>.json`:
+COCO results and annotation formats, so that pycocotools can re-score them.
+"""
+
+import json
+import os
+from typing import Dict, List
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+
+from detector import visualize
+from detector.data import pipeline
+from detector.evaluation import coco
+from detector.evaluation import prf
+from detector.models import detector as detector_lib
+from detector.ops import boxes as box_ops
+
+
+def make_predict_fn(setup):
+  """Jitted (variables, images uint8 [B, H, W, 3]) -> detections dict."""
+  batch = NamedSharding(setup.mesh, P('data'))
+  replicated = NamedSharding(setup.mesh, P())
+  return jax.jit(
+      lambda variables, images: detector_lib.predict(
+          setup.eval_model, variables, images, setup.model_config),
+      in_shardings=(replicated, batch), out_shardings=batch)
+
+
+def _gather(x):
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def predict_split(config, setup, state, split, predict_fn,
+                  keep_images: int = 0):
+  """Runs the model on every image of `split`.
+
+  Returns:
+    (COCO result dicts for the whole split, a list of up to `keep_images`
+    (image uint8 [H, W, 3], gt boxes, predicted boxes) in input pixels).
+  """
+  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  sharding = NamedSharding(setup.mesh, P('data'))
+  detections: List[dict] = []
+  drawn = []
+  for batch in pipeline.eval_batches(config, setup.builder, split):
+    images = jax.make_array_from_process_local_data(sharding, batch['image'])
+    out = predict_fn(variables, images)
+    out = {k: _gather(v) for k, v in out.items()}
+    meta = {k: _gather(jax.make_array_from_process_local_data(sharding, batch[k]))
+            for k in ('image_id', 'scale', 'orig_size', 'example_mask', 'boxes',
+                      'box_mask')}
+    detections.extend(to_coco_detections(out, meta))
+    if len(drawn) < keep_images and jax.process_index() == 0:
+      for i in np.flatnonzero(batch['example_mask'])[:keep_images - len(drawn)]:
+        shown = out['valid'][i] & (out['scores'][i] >= config.prf_score_threshold)
+        drawn.append((batch['image'][i], batch['boxes'][i][batch['box_mask'][i]],
+                      out['boxes'][i][shown]))
+  return detections, drawn
+
+
+def to_coco_detections(out: Dict[str, np.ndarray], meta: Dict[str, np.ndarray]):
+  """Batched predictions in input pixels -> COCO result dicts.
+
+  Boxes are divided by the resize scale (images are placed at the top-left
+  when evaluating, so there is no offset), clipped to the original image and
+  written as `[x, y, width, height]` pixels; category ids are class + 1.
+  """
+  results = []
+  for i in np.flatnonzero(meta['example_mask']):
+    valid = out['valid'][i]
+    if not valid.any():
+      continue
+    h, w = meta['orig_size'][i]
+    boxes = box_ops.clip(out['boxes'][i][valid] / meta['scale'][i], h, w)
+    xywh = box_ops.yxyx_to_xywh(np.asarray(boxes, np.float64))
+    for box, cls, score in zip(xywh, out['classes'][i][valid],
+                               out['scores'][i][valid]):
+      if box[2] <= 0 or box[3] <= 0:
+        continue
+      results.append({'image_id': int(meta['image_id'][i]),
+                      'category_id': int(cls) + 1,
+                      'bbox': [round(float(v), 3) for v in box],
+                      'score': round(float(score), 5)})
+  return results
+
+
+def score(groundtruth, detections, config) -> dict:
+  """COCO AP/AR, per-class AP and P/R/F1 at the configured operating point."""
+  metrics = coco.evaluate_coco(groundtruth, detections)
+  metrics['prf'] = prf.precision_recall_f1(
+      groundtruth, detections, score_threshold=config.prf_score_threshold,
+      iou_threshold=0.5)
+  metrics['num_images'] = len(groundtruth['images'])
+  metrics['num_detections'] = len(detections)
+  return metrics
+
+
+def evaluate_all(config, setup, state, workdir, writer) -> dict:
+  """Scores the eval and test splits; writes files; returns test metrics."""
+  predict_fn = make_predict_fn(setup)
+  step = int(state.step)
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  result = None
+  splits = [config.dataset.eval_split, config.dataset.test_split]
+  for split in dict.fromkeys(s for s in splits if s):
+    keep = config.num_images_to_draw if split == config.dataset.eval_split else 0
+    detections, drawn = predict_split(config, setup, state, split, predict_fn,
+                                      keep_images=keep)
+    if jax.process_index() != 0:
+      continue
+    groundtruth = pipeline.groundtruth_coco(setup.builder, split,
+                                            setup.class_names)
+    metrics = score(groundtruth, detections, config)
+    metrics.update(step=step, split=split, dataset=config.dataset.name)
+    for name, value in (('metrics', metrics), ('detections', detections),
+                        ('groundtruth', groundtruth)):
+      with open(os.path.join(out_dir, f'{name}_{split}.json'), 'w') as f:
+        json.dump(value, f)
+    scalars = {f'{split}/{k}': v for k, v in metrics.items()
+               if isinstance(v, float)}
+    scalars.update({f'{split}/{k}': metrics['prf'][k]
+                    for k in ('precision', 'recall', 'f1')})
+    scalars.update({f'{split}/AP_{name}': v
+                    for name, v in metrics['AP_per_class'].items()})
+    writer.write_scalars(step, scalars)
+    if drawn:
+      writer.write_images(step, {f'{split}/detections': np.stack([
+          visualize.detections_figure(img, gt, pred) for img, gt, pred in drawn])})
+    logging.info('%s at step %d: AP %.3f AP50 %.3f AP75 %.3f APs %.3f | P %.3f '
+                 'R %.3f F1 %.3f @ score %.2f', split, step, metrics['AP'],
+                 metrics['AP50'], metrics['AP75'], metrics['AP_small'],
+                 metrics['prf']['precision'], metrics['prf']['recall'],
+                 metrics['prf']['f1'], config.prf_score_threshold)
+    if split == config.dataset.test_split:
+      result = metrics
+  return result

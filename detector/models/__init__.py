@@ -1,0 +1,40 @@
+"""Models, found by name from the config.
+
+`config.model.backbone = 'cnn'` resolves through the tables below; adding a
+backbone, neck or head means adding a file and one line here.
+"""
+
+import importlib
+
+BACKBONES = {
+    'cnn': 'detector.models.backbones.cnn:CNN',
+}
+NECKS = {
+    'fpn': 'detector.models.necks.fpn:FPN',
+}
+HEADS = {  # Modules with `Head`, `loss` and `decode`; see heads/__init__.py.
+    'centernet': 'detector.models.heads.centernet',
+    'retinanet': 'detector.models.heads.retinanet',
+}
+
+
+def _lookup(table, kind, name):
+  if name not in table:
+    raise ValueError(f'config.model.{kind}={name!r} is not known; '
+                     f'choose one of {sorted(table)}')
+  module, _, attr = table[name].partition(':')
+  module = importlib.import_module(module)
+  return getattr(module, attr) if attr else module
+
+
+def backbone_class(name):
+  return _lookup(BACKBONES, 'backbone', name)
+
+
+def neck_class(name):
+  return _lookup(NECKS, 'neck', name)
+
+
+def head_module(name):
+  """The Python module implementing head `name` (Head, loss, decode)."""
+  return _lookup(HEADS, 'head', name)

@@ -1,0 +1,116 @@
+"""The detector assembly (backbone -> neck -> head) and its post-processing.
+
+`build(config.model, train)` makes the linen module; parameters do not depend
+on `train`, only whether BatchNorm uses batch statistics. Images enter as
+uint8 (or float) RGB [B, H, W, 3] in [0, 255]; the module normalises them, so
+callers never handle float images and the host-to-device copy stays small.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from detector import models
+from detector.models import layers
+from detector.ops import boxes as box_ops
+from detector.ops import nms as nms_ops
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class Detector(nn.Module):
+  """images [B, H, W, 3] in [0, 255] -> the head's dict of named outputs."""
+  backbone: nn.Module
+  neck: nn.Module
+  head: nn.Module
+  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53)
+  pixel_std: Sequence[float] = (58.395, 57.12, 57.375)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    x = images.astype(jnp.float32)
+    x = (x - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
+    features = self.backbone(x.astype(self.dtype))
+    features = self.neck(features)
+    return self.head(features)
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  if config.dtype not in DTYPES:
+    raise ValueError(f'config.model.dtype={config.dtype!r}: expected one of '
+                     f'{sorted(DTYPES)}')
+  return DTYPES[config.dtype]
+
+
+def build(config: ml_collections.ConfigDict, train: bool) -> Detector:
+  """Builds the detector described by `config.model` (a locked ConfigDict).
+
+  Reads `backbone`, `neck`, `head` (names) and the sub-configs of the same
+  names for their keyword arguments, plus `norm`, `dtype` and `num_classes`.
+  """
+  dtype = compute_dtype(config)
+  norm = layers.make_norm(config.norm, train=train, dtype=dtype,
+                          momentum=config.norm_momentum, axis_name='data')
+  backbone = models.backbone_class(config.backbone)(
+      norm=norm, dtype=dtype, **config[config.backbone].to_dict())
+  neck_kwargs = config[config.neck].to_dict()
+  neck_norm = norm if neck_kwargs.pop('use_norm', False) else None
+  neck = models.neck_class(config.neck)(norm=neck_norm, dtype=dtype,
+                                        **neck_kwargs)
+  head_config = config[config.head].to_dict()
+  head_fields = models.head_module(config.head).Head.__dataclass_fields__
+  head_norm = norm if head_config.get('use_norm', False) else None
+  # The head's sub-config also holds loss and decoding settings; only the
+  # module's own fields go to its constructor.
+  head_kwargs = {k: v for k, v in head_config.items()
+                 if k in head_fields and k != 'norm'}
+  head = models.head_module(config.head).Head(
+      num_classes=config.num_classes, norm=head_norm, dtype=dtype, **head_kwargs)
+  return Detector(backbone=backbone, neck=neck, head=head,
+                  pixel_mean=tuple(config.pixel_mean),
+                  pixel_std=tuple(config.pixel_std), dtype=dtype)
+
+
+def postprocess(decoded, config: ml_collections.ConfigDict, image_size):
+  """Score threshold + per-class NMS with a fixed-size output.
+
+  Args:
+    decoded: a head's `decode` output: `boxes` [B, N, 4] yxyx input pixels,
+      `scores` [B, N], `classes` [B, N], `valid` [B, N].
+    config: `config.model` (uses `score_threshold`, `nms_iou_threshold`,
+      `max_detections`).
+    image_size: (H, W) of the padded input; boxes are clipped to it.
+
+  Returns:
+    dict of `boxes` [B, D, 4] yxyx input pixels, `scores` [B, D],
+    `classes` [B, D] int32 and `valid` [B, D] bool, D = max_detections,
+    sorted by descending score; invalid slots have score 0.
+  """
+  boxes = box_ops.clip(decoded['boxes'], image_size[0], image_size[1])
+  keep = decoded['valid'] & (decoded['scores'] >= config.score_threshold)
+  keep &= box_ops.area(boxes) > 0
+  scores = jnp.where(keep, decoded['scores'], -jnp.inf)
+
+  def one(b, s, c):
+    return nms_ops.batched_nms(b, s, c, config.nms_iou_threshold,
+                               config.max_detections)
+  idx, valid = jax.vmap(one)(boxes, scores, decoded['classes'])
+  take = lambda x: jnp.take_along_axis(x, idx, axis=1)
+  return {
+      'boxes': jnp.where(valid[..., None],
+                         jnp.take_along_axis(boxes, idx[..., None], axis=1), 0.),
+      'scores': jnp.where(valid, take(decoded['scores']), 0.),
+      'classes': jnp.where(valid, take(decoded['classes']), 0),
+      'valid': valid,
+  }
+
+
+def predict(model: Detector, variables, images, config: ml_collections.ConfigDict):
+  """Images -> final detections (see `postprocess`); jit-compatible."""
+  outputs = model.apply(variables, images)
+  head = models.head_module(config.head)
+  return postprocess(head.decode(outputs, config), config, images.shape[1:3])

@@ -1,0 +1,189 @@
+"""Anchor-free centre-based head on one stride-4 level (CenterNet / TTFNet style).
+
+Outputs, on pyramid level `level` (stride s = 2**level) of size [h, w]:
+  `heatmap`: [B, h, w, C] logits; a cell's class score is the probability that an
+    object of that class has its centre in the cell.
+  `ltrb`: [B, h, w, 4] non-negative distances in input pixels from the cell's
+    centre ((y + 0.5) s, (x + 0.5) s) to the box's left, top, right and bottom
+    edges (stored in the order top, left, bottom, right to match yxyx boxes).
+
+Training targets (Zhou et al. 2019 for the heatmap; Liu et al. 2019, TTFNet,
+for the box regression), computed inside the jitted step from the padded
+ground truth:
+  * heatmap: per class, the maximum over that class's boxes of an elliptical
+    Gaussian centred on the cell holding the box centre, sigma = alpha * size / 6;
+    it is exactly 1 at that cell; loss = penalty-reduced focal loss.
+  * boxes: every cell whose centre lies inside a box (or that holds its centre)
+    regresses that box with a GIoU loss weighted by the Gaussian; a cell inside
+    several boxes takes the one whose Gaussian is highest there. Each box's
+    weights sum to 1, so small and large objects count alike.
+Both losses are normalised by the number of boxes in the global batch.
+"""
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from detector.models import layers
+from detector.ops import losses
+
+
+class Head(nn.Module):
+  """Pyramid features {level: [B, h, w, C]} -> {'heatmap', 'ltrb'} (float32)."""
+  num_classes: int
+  level: int = 2
+  width: int = 64           # Channels of the convs in each branch.
+  num_convs: int = 1        # 3x3 conv-norm-relu layers in each branch.
+  norm: Optional[layers.ModuleDef] = None
+  prior_prob: float = 0.01  # Initial heatmap probability (focal-loss prior).
+  box_scale: float = 16.0   # ltrb = softplus(raw) * box_scale pixels.
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features):
+    if self.level not in features:
+      raise ValueError(f'centernet head reads level {self.level}, the neck '
+                       f'returns {sorted(features)}: set neck.min_level <= '
+                       f'{self.level}')
+    x = features[self.level]
+
+    def branch(name, out, bias_init):
+      y = x
+      for i in range(self.num_convs):
+        y = layers.ConvNormAct(self.width, norm=self.norm, dtype=self.dtype,
+                               name=f'{name}_conv{i}')(y)
+      return nn.Conv(out, (3, 3), padding='SAME', dtype=self.dtype,
+                     param_dtype=jnp.float32,
+                     kernel_init=nn.initializers.normal(0.01),
+                     bias_init=bias_init, name=f'{name}_out')(y)
+
+    prior = -math.log((1 - self.prior_prob) / self.prior_prob)
+    heatmap = branch('heatmap', self.num_classes,
+                     nn.initializers.constant(prior))
+    ltrb = branch('box', 4, nn.initializers.zeros)
+    ltrb = nn.softplus(ltrb.astype(jnp.float32)) * self.box_scale
+    return {'heatmap': heatmap.astype(jnp.float32), 'ltrb': ltrb}
+
+
+def _cell_centres(h, w, stride):
+  ys = (jnp.arange(h, dtype=jnp.float32) + 0.5) * stride
+  xs = (jnp.arange(w, dtype=jnp.float32) + 0.5) * stride
+  return ys, xs
+
+
+def _ltrb_to_boxes(ltrb, stride):
+  """[..., h, w, 4] distances -> [..., h, w, 4] yxyx pixel boxes."""
+  h, w = ltrb.shape[-3:-1]
+  ys, xs = _cell_centres(h, w, stride)
+  cy = ys[:, None]
+  cx = xs[None, :]
+  return jnp.stack([cy - ltrb[..., 0], cx - ltrb[..., 1],
+                    cy + ltrb[..., 2], cx + ltrb[..., 3]], axis=-1)
+
+
+def targets_one_image(boxes, labels, mask, num_classes, feature_size, stride,
+                      alpha=0.54, min_sigma=0.35):
+  """Training targets for one image.
+
+  Args:
+    boxes: [K, 4] `[ymin, xmin, ymax, xmax]` in pixels of the padded input.
+    labels: [K] int32 class indices.
+    mask: [K] bool, False for padding.
+    num_classes: number of classes C.
+    feature_size: (h, w) of the output level.
+    stride: its stride in input pixels.
+    alpha: Gaussian size relative to the box (TTFNet's 0.54).
+    min_sigma: lower bound on sigma in cells, so tiny boxes still get a peak.
+
+  Returns:
+    heatmap [h, w, C] in [0, 1], exactly 1 at each box's centre cell;
+    box_targets [h, w, 4] yxyx pixels; box_weights [h, w], summing to 1 per box.
+  """
+  h, w = feature_size
+  ymin, xmin, ymax, xmax = jnp.moveaxis(boxes, -1, 0)
+  cy = jnp.clip(jnp.floor((ymin + ymax) / 2 / stride), 0, h - 1)
+  cx = jnp.clip(jnp.floor((xmin + xmax) / 2 / stride), 0, w - 1)
+  sy = jnp.maximum(alpha * (ymax - ymin) / stride / 6, min_sigma)
+  sx = jnp.maximum(alpha * (xmax - xmin) / stride / 6, min_sigma)
+  gy = jnp.arange(h, dtype=jnp.float32)
+  gx = jnp.arange(w, dtype=jnp.float32)
+  dy = (gy[None, :] - cy[:, None]) ** 2 / (2 * sy[:, None] ** 2)  # [K, h]
+  dx = (gx[None, :] - cx[:, None]) ** 2 / (2 * sx[:, None] ** 2)  # [K, w]
+  gauss = jnp.exp(-(dy[:, :, None] + dx[:, None, :]))              # [K, h, w]
+  gauss = jnp.where(mask[:, None, None], gauss, 0.)
+
+  onehot = jax.nn.one_hot(labels, num_classes) * mask[:, None]
+  heatmap = jnp.max(gauss[..., None] * onehot[:, None, None, :], axis=0)
+
+  ys, xs = _cell_centres(h, w, stride)
+  inside = ((ys[None, :, None] > ymin[:, None, None])
+            & (ys[None, :, None] < ymax[:, None, None])
+            & (xs[None, None, :] > xmin[:, None, None])
+            & (xs[None, None, :] < xmax[:, None, None]))
+  centre = gauss >= 1.0 - 1e-6
+  region = jnp.where((inside | centre) & mask[:, None, None], gauss, 0.)
+  region = region / jnp.maximum(region.sum(axis=(1, 2), keepdims=True), 1e-12)
+  best = jnp.argmax(region, axis=0)                                 # [h, w]
+  box_weights = jnp.max(region, axis=0)
+  box_targets = boxes[best]
+  return heatmap, box_targets, box_weights
+
+
+def loss(outputs, batch, config: ml_collections.ConfigDict):
+  """Heatmap focal loss + weighted GIoU box loss; see the module docstring.
+
+  Args:
+    outputs: the head's outputs for the batch.
+    batch: dict with `boxes` [B, K, 4] yxyx input pixels, `labels` [B, K] and
+      `box_mask` [B, K].
+    config: `config.model` (uses `centernet.*` and `num_classes`).
+
+  Returns:
+    (scalar loss, {'heatmap': ..., 'box': ...}).
+  """
+  cfg = config.centernet
+  heat_logits = outputs['heatmap']
+  b, h, w, c = heat_logits.shape
+  stride = 2 ** cfg.level
+  heatmap, box_targets, box_weights = jax.vmap(
+      lambda bx, lb, m: targets_one_image(bx, lb, m, c, (h, w), stride,
+                                          alpha=cfg.gaussian_alpha))(
+                                              batch['boxes'], batch['labels'],
+                                              batch['box_mask'])
+  num_boxes = jnp.maximum(batch['box_mask'].sum(), 1).astype(jnp.float32)
+  heat_loss = losses.gaussian_focal_loss(heat_logits, heatmap).sum() / num_boxes
+  pred_boxes = _ltrb_to_boxes(outputs['ltrb'], stride)
+  giou = losses.giou_loss(pred_boxes, box_targets)
+  box_loss = (giou * box_weights).sum() / num_boxes
+  total = heat_loss + cfg.box_loss_weight * box_loss
+  return total, {'heatmap_loss': heat_loss, 'box_loss': box_loss}
+
+
+def decode(outputs, config: ml_collections.ConfigDict):
+  """Top-k heatmap peaks -> candidate boxes (before NMS).
+
+  A cell is a peak when its score is the maximum of its 3x3 neighbourhood for
+  that class; the `config.centernet.topk` highest peaks are returned.
+
+  Returns:
+    dict of `boxes` [B, k, 4] yxyx input pixels, `scores` [B, k] in [0, 1],
+    `classes` [B, k] int32, `valid` [B, k] bool.
+  """
+  cfg = config.centernet
+  heat = jax.nn.sigmoid(outputs['heatmap'])
+  b, h, w, c = heat.shape
+  pooled = jax.lax.reduce_window(heat, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
+                                 (1, 1, 1, 1), 'SAME')
+  heat = jnp.where(heat == pooled, heat, 0.)
+  k = min(cfg.topk, h * w * c)
+  scores, idx = jax.lax.top_k(heat.reshape(b, -1), k)
+  cell = idx // c
+  classes = (idx % c).astype(jnp.int32)
+  boxes = _ltrb_to_boxes(outputs['ltrb'], 2 ** cfg.level).reshape(b, h * w, 4)
+  boxes = jnp.take_along_axis(boxes, cell[..., None], axis=1)
+  return {'boxes': boxes, 'scores': scores, 'classes': classes,
+          'valid': scores > 0}

@@ -1,0 +1,128 @@
+"""Multi-level anchor boxes for RetinaNet-style dense detectors.
+
+Anchors depend only on the (static) input size and the anchor configuration,
+so they are computed once in NumPy and enter the jitted model as constants.
+
+Layout: anchors are ordered by level, then feature-map row y, then column x,
+then anchor index a = scale_index * len(aspect_ratios) + ratio_index
+(scale-major, ratio-minor). This is exactly the order obtained by reshaping a
+head output [B, H_l, W_l, num_anchors * C] to [B, H_l * W_l * num_anchors, C]
+and concatenating the levels along axis 1, so per-anchor predictions and the
+anchors line up without any transposes.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+
+def anchors_per_location(num_scales: int,
+                         aspect_ratios: Sequence[float]) -> int:
+  """Number of anchors at each feature-map position (num_scales * ratios)."""
+  return int(num_scales) * len(aspect_ratios)
+
+
+def level_sizes(image_size: tuple[int, int], min_level: int,
+                max_level: int) -> list[tuple[int, int]]:
+  """Feature-map sizes of levels min_level..max_level.
+
+  Args:
+    image_size: `(height, width)` of the padded model input in pixels.
+    min_level: first pyramid level; level l has stride 2**l.
+    max_level: last pyramid level (inclusive), >= min_level.
+
+  Returns:
+    A list with one `(H // 2**l, W // 2**l)` tuple of ints per level, in level
+    order.
+
+  Raises:
+    ValueError: if the levels are out of order or negative, or if the height
+      or width is not divisible by 2**max_level (then some level would not tile
+      the image exactly and the strides of the backbone and of the anchors
+      would disagree). The message names the first level whose stride does
+      not divide the image size.
+  """
+  height, width = (int(s) for s in image_size)
+  if min_level < 0 or max_level < min_level:
+    raise ValueError(
+        f'Need 0 <= min_level <= max_level, got {min_level} and {max_level}.')
+  if height <= 0 or width <= 0:
+    raise ValueError(f'Image size must be positive, got {image_size}.')
+  for level in range(min_level, max_level + 1):
+    stride = 2**level
+    if height % stride or width % stride:
+      # Name the first failing level: it is the one whose feature map would be
+      # fractional (floor division would silently drop border pixels).
+      raise ValueError(
+          f'Image size {image_size} is not divisible by the stride {stride} '
+          f'of level {level}; pad the input to a multiple of 2**max_level = '
+          f'{2**max_level}.')
+  return [(height // 2**level, width // 2**level)
+          for level in range(min_level, max_level + 1)]
+
+
+def generate_anchors(image_size: tuple[int, int],
+                     min_level: int,
+                     max_level: int,
+                     num_scales: int = 3,
+                     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+                     anchor_scale: float = 4.0) -> np.ndarray:
+  """Anchor boxes for all levels, in head-output order.
+
+  For level l (stride s = 2**l), scale index i and aspect ratio r
+  (r = height / width):
+
+    size = anchor_scale * s * 2**(i / num_scales)
+    h = size * sqrt(r),  w = size / sqrt(r)         (so h * w = size**2)
+    centre = ((y + 0.5) * s, (x + 0.5) * s)  for y < H // s, x < W // s
+
+  Anchors near the border extend beyond the image; they are not clipped, as in
+  RetinaNet.
+
+  Args:
+    image_size: `(height, width)` of the padded model input in pixels; both
+      must be divisible by 2**max_level.
+    min_level: first pyramid level (e.g. 3 for RetinaNet).
+    max_level: last pyramid level, inclusive (e.g. 7).
+    num_scales: number of octave scales per level, >= 1.
+    aspect_ratios: positive height / width ratios.
+    anchor_scale: base anchor size in units of the level's stride.
+
+  Returns:
+    float32 NumPy array [A_total, 4], `[ymin, xmin, ymax, xmax]` in pixels,
+    A_total = sum_l (H // 2**l) * (W // 2**l) * num_scales * len(aspect_ratios).
+    See the module docstring for the order.
+
+  Raises:
+    ValueError: for a bad image size (see `level_sizes`), num_scales < 1, or
+      empty or non-positive aspect ratios.
+  """
+  if num_scales < 1:
+    raise ValueError(f'num_scales must be >= 1, got {num_scales}.')
+  ratios = np.asarray(aspect_ratios, dtype=np.float64)
+  if ratios.ndim != 1 or ratios.size == 0 or np.any(ratios <= 0):
+    raise ValueError(
+        f'aspect_ratios must be a non-empty list of positive numbers, got '
+        f'{aspect_ratios}.')
+  sizes = level_sizes(image_size, min_level, max_level)
+
+  per_level = []
+  for level, (feat_h, feat_w) in zip(range(min_level, max_level + 1), sizes):
+    stride = 2.0**level
+    # [num_scales] base sizes, then [num_scales, num_ratios] -> [A] in
+    # scale-major / ratio-minor order. float64 so that the float32 result is
+    # the correctly rounded value of the formula.
+    base = anchor_scale * stride * 2.0**(np.arange(num_scales) / num_scales)
+    heights = (base[:, None] * np.sqrt(ratios)[None, :]).reshape(-1)
+    widths = (base[:, None] / np.sqrt(ratios)[None, :]).reshape(-1)
+    center_y = (np.arange(feat_h) + 0.5) * stride
+    center_x = (np.arange(feat_w) + 0.5) * stride
+    # [H_l, W_l, 1] centres against [A] sizes -> [H_l, W_l, A].
+    cy = center_y[:, None, None]
+    cx = center_x[None, :, None]
+    boxes = np.stack(
+        np.broadcast_arrays(cy - 0.5 * heights, cx - 0.5 * widths,
+                            cy + 0.5 * heights, cx + 0.5 * widths),
+        axis=-1)
+    per_level.append(boxes.reshape(-1, 4))
+  return np.concatenate(per_level, axis=0).astype(np.float32)

@@ -1,0 +1,413 @@
+"""Training loop: one `jax.jit` step over a device mesh, Orbax checkpoints, CLU logs.
+
+Read top to bottom: config checks -> optimizer -> state -> train step -> loop.
+The same code runs on one CPU, on fake CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=8`), a GPU and a TPU pod:
+the batch is sharded over the mesh axis 'data' and the state is replicated,
+so XLA inserts the gradient all-reduce. The step compiles once per run.
+"""
+
+import functools
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any, Callable, Dict, Tuple
+
+from absl import logging
+from clu import metric_writers
+from clu import metrics as clu_metrics
+from clu import parameter_overview
+from clu import periodic_actions
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from detector import checkpoints
+from detector import evaluate
+from detector import models
+from detector.data import pipeline
+from detector.models import detector as detector_lib
+
+# ---------------------------------------------------------------------------
+# Config checks: a user's mistake fails here, before anything expensive starts.
+# ---------------------------------------------------------------------------
+
+
+def required_stride(model_config: ml_collections.ConfigDict) -> int:
+  """The largest stride in the model: image sizes must be multiples of it."""
+  levels = [5, model_config.fpn.max_level]
+  if model_config.head == 'retinanet':
+    levels.append(model_config.retinanet.max_level)
+  return 2 ** max(levels)
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: str):
+  """Raises ValueError saying what to change for a config that cannot run."""
+  n_dev, n_proc = jax.device_count(), jax.process_count()
+  for key in ('batch_size', 'eval_batch_size'):
+    value = config[key]
+    if value <= 0 or value % n_dev or value % n_proc:
+      raise ValueError(
+          f'config.{key}={value} must be a positive multiple of the number of '
+          f'devices ({n_dev}) and processes ({n_proc}); for example '
+          f'--config.{key}={max(n_dev, n_dev * round(max(value, 1) / n_dev))}')
+  stride = required_stride(config.model)
+  size = tuple(config.image_size)
+  if len(size) != 2 or any(s <= 0 or s % stride for s in size):
+    fix = tuple(max(stride, stride * round(s / stride)) for s in size)
+    raise ValueError(
+        f'config.image_size={size}: both sides must be positive multiples of '
+        f'{stride}, the largest stride of this model; for example '
+        f'--config.image_size="{fix}"')
+  lo, hi = config.input.scale_jitter
+  if not 0 < lo <= hi:
+    raise ValueError(f'config.input.scale_jitter={(lo, hi)}: need 0 < min <= max')
+  if config.optimizer.name not in ('adamw', 'sgd'):
+    raise ValueError(f'config.optimizer.name={config.optimizer.name!r}: expected '
+                     'adamw or sgd')
+  detector_lib.compute_dtype(config.model)
+  models.head_module(config.model.head)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
+                     'choose a directory you can write to') from None
+
+
+def num_train_steps(config: ml_collections.ConfigDict, train_size: int) -> int:
+  """Steps from `num_epochs` when set, else `num_train_steps`: one unit inside."""
+  if config.num_epochs:
+    return max(1, math.ceil(config.num_epochs * train_size / config.batch_size))
+  return config.num_train_steps
+
+# ---------------------------------------------------------------------------
+# Optimizer.
+# ---------------------------------------------------------------------------
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int):
+  """Linear warm-up to the peak, then cosine decay to peak * end factor."""
+  opt = config.optimizer
+  warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1),
+      end_value=opt.learning_rate * opt.end_learning_rate_factor)
+
+
+def decay_mask(params):
+  """True for weights that get weight decay: kernels, not norm scales or biases."""
+  return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+  opt = config.optimizer
+  schedule = learning_rate_schedule(config, total_steps)
+  parts = []
+  if opt.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
+  if opt.name == 'adamw':
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
+                             weight_decay=opt.weight_decay, mask=decay_mask))
+  else:
+    parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
+    parts.append(optax.sgd(schedule, momentum=opt.momentum,
+                           nesterov=opt.nesterov))
+  return optax.chain(*parts), schedule
+
+# ---------------------------------------------------------------------------
+# State.
+# ---------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_state(model: nn.Module, tx, config, rng) -> TrainState:
+  """A fresh state (call under jit with replicated out_shardings)."""
+  init_rng, state_rng = jax.random.split(rng)
+  h, w = config.image_size
+  variables = model.init(init_rng, jnp.zeros((1, h, w, 3), jnp.uint8))
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}),
+                    opt_state=tx.init(params), rng=state_rng)
+
+# ---------------------------------------------------------------------------
+# Train step.
+# ---------------------------------------------------------------------------
+
+TRAIN_KEYS = ('image', 'boxes', 'labels', 'box_mask')
+
+
+def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
+               head, model_config, schedule) -> Tuple[TrainState, Dict]:
+  """One optimisation step on a global batch; returns the state and metrics."""
+  rng, _ = jax.random.split(state.rng)  # Reserved for stochastic layers.
+
+  def loss_fn(params):
+    outputs, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
+        mutable=['batch_stats'])
+    loss, parts = head.loss(outputs, batch, model_config)
+    return loss, (parts, updates['batch_stats'])
+
+  (loss, (parts, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(parts, loss=loss, grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(params),
+                 learning_rate=schedule(state.step))
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state,
+                            rng=rng)
+  return new_state, metrics
+
+
+def metrics_collection(names):
+  """A CLU Collection averaging each named scalar over the steps it sees."""
+  return clu_metrics.Collection.create(
+      **{name: clu_metrics.Average.from_output(name) for name in names})
+
+# ---------------------------------------------------------------------------
+# Everything a run needs, built once; shared by train and evaluate modes.
+# ---------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class Setup:
+  mesh: Mesh = flax.struct.field(pytree_node=False)
+  builder: Any = flax.struct.field(pytree_node=False)
+  class_names: Any = flax.struct.field(pytree_node=False)
+  model_config: Any = flax.struct.field(pytree_node=False)
+  train_model: Any = flax.struct.field(pytree_node=False)
+  eval_model: Any = flax.struct.field(pytree_node=False)
+  tx: Any = flax.struct.field(pytree_node=False)
+  schedule: Any = flax.struct.field(pytree_node=False)
+  total_steps: int = flax.struct.field(pytree_node=False)
+  abstract_state: Any = flax.struct.field(pytree_node=False)
+  state_sharding: Any = flax.struct.field(pytree_node=False)
+  init_fn: Callable = flax.struct.field(pytree_node=False)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  check_config(config, workdir)
+  mesh = Mesh(np.array(jax.devices()), ('data',))
+  builder = pipeline.get_builder(config)
+  pipeline.prepare(builder)
+  names = pipeline.class_names(builder)
+  for split in (config.dataset.train_split, config.dataset.eval_split,
+                config.dataset.test_split):
+    pipeline.split_size(builder, split)
+  model_config = config.model.copy_and_resolve_references()
+  with model_config.unlocked():
+    if model_config.num_classes == -1:
+      model_config.num_classes = len(names)
+    elif model_config.num_classes != len(names):
+      raise ValueError(
+          f'config.model.num_classes={model_config.num_classes} but dataset '
+          f'{config.dataset.name} has {len(names)} classes {names}; set it to '
+          f'-1 to take the dataset\'s')
+  model_config.lock()
+  total = num_train_steps(config, pipeline.split_size(builder,
+                                                       config.dataset.train_split))
+  tx, schedule = make_optimizer(config, total)
+  train_model = detector_lib.build(model_config, train=True)
+  eval_model = detector_lib.build(model_config, train=False)
+  replicated = NamedSharding(mesh, P())
+  init_fn = jax.jit(functools.partial(create_state, train_model, tx, config),
+                    out_shardings=replicated)
+  abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
+  state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
+  abstract_state = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract_state, state_sharding)
+  return Setup(mesh=mesh, builder=builder, class_names=names,
+               model_config=model_config, train_model=train_model,
+               eval_model=eval_model, tx=tx, schedule=schedule,
+               total_steps=total, abstract_state=abstract_state,
+               state_sharding=state_sharding, init_fn=init_fn)
+
+
+def device_batch(batch: Dict[str, np.ndarray], sharding, keys=TRAIN_KEYS):
+  """This process's numpy batch -> global jax.Arrays sharded over the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k])
+          for k in keys}
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning('Received signal %d: saving a checkpoint and stopping.',
+                    signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+# ---------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains (resuming from workdir/checkpoints if present), then evaluates.
+
+  Returns:
+    The metrics dict of the test split (also in workdir/eval/metrics_test.json),
+    or None when training stopped early on SIGTERM.
+  """
+  s = setup(config, workdir)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  writer.write_hparams(_flat_hparams(config))
+  mngr = checkpoints.manager(workdir, config.keep_checkpoints,
+                             config.checkpoint_every_steps)
+
+  state = checkpoints.restore_or_none(mngr, s.abstract_state)
+  if state is None:
+    logging.info('No checkpoint in %s: initialising from scratch (seed %d).',
+                 mngr.directory, config.seed)
+    state = s.init_fn(jax.random.key(config.seed))
+  start = int(state.step)
+  parameter_overview.log_parameter_overview(state.params)
+  if start >= s.total_steps:
+    logging.info('Checkpoint step %d is already the final step %d.', start,
+                 s.total_steps)
+
+  batch_sharding = NamedSharding(s.mesh, P('data'))
+  head = models.head_module(s.model_config.head)
+  step_fn = jax.jit(
+      functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,
+                        model_config=s.model_config, schedule=s.schedule),
+      in_shardings=(s.state_sharding, batch_sharding),
+      out_shardings=(s.state_sharding, NamedSharding(s.mesh, P())),
+      donate_argnums=0)
+
+  train_iter = iter(pipeline.train_dataset(config, s.builder, start_step=start)
+                    .as_numpy_iterator()) if start < s.total_steps else iter(())
+  report = periodic_actions.ReportProgress(num_train_steps=s.total_steps,
+                                           writer=writer,
+                                           every_steps=config.log_every_steps)
+  collection = None
+  train_metrics = None
+  pending = None  # (step, loss) of the previous step, checked one step late.
+  num_dropped = 0
+  preempted = False
+  logging.info('Training steps %d..%d, global batch %d on %d devices.',
+               start, s.total_steps, config.batch_size, jax.device_count())
+  with _Preemption() as preemption:
+    for step in range(start + 1, s.total_steps + 1):
+      batch = next(train_iter)
+      num_dropped += int(batch['num_dropped'].sum())
+      state, metrics = step_fn(state, device_batch(batch, batch_sharding))
+      if collection is None:
+        collection = metrics_collection(sorted(metrics))
+      update = collection.single_from_model_output(**metrics)
+      train_metrics = update if train_metrics is None else train_metrics.merge(update)
+      if pending is not None:
+        _check_finite(*pending)
+      pending = (step, metrics['loss'])
+      report(step)
+      if step % config.log_every_steps == 0 or step == s.total_steps:
+        _check_finite(*pending)
+        values = {f'train/{k}': v for k, v in train_metrics.compute().items()}
+        values['train/boxes_over_max_boxes'] = num_dropped
+        writer.write_scalars(step, values)
+        train_metrics = None
+      if preemption.requested:
+        _check_finite(*pending)
+        checkpoints.save(mngr, step, state, _meta(step, config), force=True)
+        preempted = True
+        break
+      if step % config.checkpoint_every_steps == 0 or step == s.total_steps:
+        _check_finite(*pending)
+        checkpoints.save(mngr, step, state, _meta(step, config),
+                         force=step == s.total_steps)
+  mngr.wait_until_finished()
+  if step_fn._cache_size() > 1:  # pylint: disable=protected-access
+    logging.warning('The train step was compiled %d times; a shape or dtype '
+                    'changed between steps.', step_fn._cache_size())  # pylint: disable=protected-access
+  if preempted:
+    logging.info('Stopped at step %d on request; rerun the same command to '
+                 'continue.', int(state.step))
+    mngr.close()
+    writer.flush()
+    return None
+  mngr.close()
+  metrics = evaluate.evaluate_all(config, s, state, workdir, writer)
+  writer.flush()
+  return metrics
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
+  """`--mode=evaluate`: scores the latest checkpoint in workdir."""
+  s = setup(config, workdir)
+  mngr = checkpoints.manager(workdir, config.keep_checkpoints,
+                             config.checkpoint_every_steps)
+  state = checkpoints.restore_or_none(mngr, s.abstract_state)
+  if state is None:
+    raise ValueError(f'--mode=evaluate: no checkpoint in {mngr.directory}; '
+                     'train first with --mode=train')
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  metrics = evaluate.evaluate_all(config, s, state, workdir, writer)
+  writer.flush()
+  mngr.close()
+  return metrics
+
+
+def _check_finite(step, loss):
+  value = float(loss)
+  if not math.isfinite(value):
+    raise FloatingPointError(
+        f'The training loss is {value} at step {step}. Common causes: a '
+        'learning rate too high for this batch size (lower '
+        'config.optimizer.learning_rate or raise warmup_steps), or degenerate '
+        'boxes in the data. The last checkpoint is from before this step.')
+
+
+def _meta(step, config):
+  return {'step': int(step), 'config': config.to_json_best_effort()}
+
+
+def _flat_hparams(config, prefix=''):
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat_hparams(value, f'{prefix}{key}.'))
+    elif isinstance(value, (int, float, str, bool)):
+      out[f'{prefix}{key}'] = value
+    else:
+      out[f'{prefix}{key}'] = str(value)
+  return out

@@ -1,0 +1,66 @@
+"""Trains or evaluates a detector described by a config file.
+
+    .venv/bin/python main.py --config=configs/cnn.py --workdir=workdirs/cnn
+    .venv/bin/python main.py --config=configs/cnn.py --workdir=workdirs/cnn \
+        --config.batch_size=32 --config.model.head=retinanet
+    .venv/bin/python main.py --config=configs/cnn.py --workdir=workdirs/cnn \
+        --mode=evaluate
+"""
+
+import detector  # pylint: disable=unused-import  # Sets XLA flags before JAX starts.
+
+import logging as std_logging
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+import tensorflow as tf
+
+from detector import checkpoints
+from detector import train
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file (configs/*.py[:arg]).',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and eval/.')
+flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'],
+                  'train (resumes from workdir, evaluates at the end) or '
+                  'evaluate (scores the latest checkpoint).')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+class _LibraryChatter(std_logging.Filter):
+  """Drops the INFO lines Orbax and TFDS write for every save and read."""
+  _SOURCES = ('/orbax/', '/tensorflow_datasets/', '/jax/_src/distributed')
+
+  def filter(self, record):
+    return (record.levelno >= std_logging.WARNING
+            or not any(s in record.pathname for s in self._SOURCES))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # TensorFlow only feeds data: keep it off any GPU/TPU that JAX uses.
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+  std_logging.getLogger('absl').addFilter(_LibraryChatter())
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FloatingPointError,
+          checkpoints.IncompatibleCheckpointError) as e:
+    # A user's mistake: one clear line, no traceback.
+    logging.error('%s', e)
+    raise SystemExit(f'error: {e}') from None
+
+
+if __name__ == '__main__':
+  app.run(main)
