@@ -9,8 +9,15 @@ import ml_collections
 
 
 def get_config(arg=None):
-  """Returns the locked experiment config. `arg` is unused."""
-  del arg
+  """Returns the locked experiment config.
+
+  Args:
+    arg: None for the default job, or 'tiny' for a seconds-long smoke run on
+      `shapes/tiny` with a small model (used by the tests):
+      `--config=configs/cnn.py:tiny`.
+  """
+  if arg not in (None, '', 'tiny'):
+    raise ValueError(f'configs/cnn.py takes no argument or "tiny", got {arg!r}')
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.image_size = (128, 128)  # (height, width) of the padded model input.
@@ -44,7 +51,8 @@ def get_config(arg=None):
       min_level=2, max_level=5, width=64, use_norm=True))
   config.model.head = 'centernet'     # 'centernet' or 'retinanet'.
   config.model.centernet = ml_collections.ConfigDict(dict(
-      level=2, width=64, num_convs=1, use_norm=True, prior_prob=0.01,
+      level=2, width=64, num_convs=1, shared_convs=False, output_kernel=3,
+      use_norm=True, prior_prob=0.01,
       box_scale=16.0, gaussian_alpha=0.54, box_loss_weight=5.0, topk=100))
   config.model.retinanet = ml_collections.ConfigDict(dict(
       min_level=2, max_level=5, num_scales=3, aspect_ratios=(0.5, 1.0, 2.0),
@@ -82,4 +90,23 @@ def get_config(arg=None):
   config.eval_batch_size = 64
   config.num_images_to_draw = 6       # Validation images drawn in TensorBoard.
   config.prf_score_threshold = 0.3    # Precision/recall/F1 operating point.
+  if arg == 'tiny':
+    config.dataset.name = 'shapes/tiny'
+    config.image_size = (64, 64)
+    config.input.shuffle_buffer = 64
+    config.model.cnn.stem_width = 8
+    config.model.cnn.widths = (8, 16, 16, 16)
+    config.model.cnn.depths = (1, 1, 1, 1)
+    config.model.fpn.width = 16
+    config.model.centernet.width = 16
+    config.model.retinanet.width = 16
+    config.model.retinanet.min_level = 3
+    config.model.retinanet.pre_nms_topk = 200
+    config.optimizer.warmup_steps = 2
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_train_steps = 6
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 3
+    config.num_images_to_draw = 2
   return config.lock()

@@ -31,7 +31,8 @@ def manager(workdir: str, keep: int, every_steps: int) -> ocp.CheckpointManager:
       create=True)
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
-      item_names=('state', 'meta'))
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'meta': ocp.JsonCheckpointHandler()})
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
@@ -42,9 +43,17 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
                    force=force)
 
 
+def _key_name(key):
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
 def _leaf_paths(tree):
+  """{'params/backbone/stem/conv/kernel': leaf} for a state or its metadata."""
   flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {jax.tree_util.keystr(path): leaf for path, leaf in flat}
+  return {'/'.join(_key_name(k) for k in path): leaf for path, leaf in flat}
 
 
 def check_compatible(mngr: ocp.CheckpointManager, step: int, abstract_state):

@@ -137,7 +137,7 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
-  rng: jax.Array
+  rng: jax.Array  # A raw uint32[2] key: it checkpoints as a plain array.
 
 
 def create_state(model: nn.Module, tx, config, rng) -> TrainState:
@@ -209,42 +209,61 @@ class Setup:
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
+  """Checks the config, prepares the dataset and builds model and optimizer."""
   check_config(config, workdir)
-  mesh = Mesh(np.array(jax.devices()), ('data',))
   builder = pipeline.get_builder(config)
   pipeline.prepare(builder)
   names = pipeline.class_names(builder)
   for split in (config.dataset.train_split, config.dataset.eval_split,
                 config.dataset.test_split):
-    pipeline.split_size(builder, split)
+    if split:  # An empty eval or test split name skips that evaluation.
+      pipeline.split_size(builder, split)
+  total = num_train_steps(config, pipeline.split_size(builder,
+                                                       config.dataset.train_split))
+  return build_setup(config, names, total, builder=builder)
+
+
+def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int,
+                builder=None, devices=None) -> Setup:
+  """Model, optimizer, shardings and abstract state on a mesh of `devices`."""
+  mesh = Mesh(np.array(devices or jax.devices()), ('data',))
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
     if model_config.num_classes == -1:
-      model_config.num_classes = len(names)
-    elif model_config.num_classes != len(names):
+      model_config.num_classes = len(class_names)
+    elif model_config.num_classes != len(class_names):
       raise ValueError(
           f'config.model.num_classes={model_config.num_classes} but dataset '
-          f'{config.dataset.name} has {len(names)} classes {names}; set it to '
-          f'-1 to take the dataset\'s')
+          f'{config.dataset.name} has {len(class_names)} classes '
+          f'{list(class_names)}; set it to -1 to take the dataset\'s')
   model_config.lock()
-  total = num_train_steps(config, pipeline.split_size(builder,
-                                                       config.dataset.train_split))
-  tx, schedule = make_optimizer(config, total)
+  tx, schedule = make_optimizer(config, total_steps)
   train_model = detector_lib.build(model_config, train=True)
   eval_model = detector_lib.build(model_config, train=False)
   replicated = NamedSharding(mesh, P())
   init_fn = jax.jit(functools.partial(create_state, train_model, tx, config),
                     out_shardings=replicated)
-  abstract_state = jax.eval_shape(init_fn, jax.random.key(0))
+  abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
   abstract_state = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract_state, state_sharding)
-  return Setup(mesh=mesh, builder=builder, class_names=names,
+  return Setup(mesh=mesh, builder=builder, class_names=list(class_names),
                model_config=model_config, train_model=train_model,
                eval_model=eval_model, tx=tx, schedule=schedule,
-               total_steps=total, abstract_state=abstract_state,
+               total_steps=total_steps, abstract_state=abstract_state,
                state_sharding=state_sharding, init_fn=init_fn)
+
+
+def make_train_step(s: Setup):
+  """The jitted train step: batch sharded over 'data', state replicated and donated."""
+  head = models.head_module(s.model_config.head)
+  return jax.jit(
+      functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,
+                        model_config=s.model_config, schedule=s.schedule),
+      in_shardings=(s.state_sharding, NamedSharding(s.mesh, P('data'))),
+      out_shardings=(s.state_sharding, NamedSharding(s.mesh, P())),
+      donate_argnums=0)
 
 
 def device_batch(batch: Dict[str, np.ndarray], sharding, keys=TRAIN_KEYS):
@@ -298,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   if state is None:
     logging.info('No checkpoint in %s: initialising from scratch (seed %d).',
                  mngr.directory, config.seed)
-    state = s.init_fn(jax.random.key(config.seed))
+    state = s.init_fn(jax.random.PRNGKey(config.seed))
   start = int(state.step)
   parameter_overview.log_parameter_overview(state.params)
   if start >= s.total_steps:
@@ -306,14 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
                  s.total_steps)
 
   batch_sharding = NamedSharding(s.mesh, P('data'))
-  head = models.head_module(s.model_config.head)
-  step_fn = jax.jit(
-      functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,
-                        model_config=s.model_config, schedule=s.schedule),
-      in_shardings=(s.state_sharding, batch_sharding),
-      out_shardings=(s.state_sharding, NamedSharding(s.mesh, P())),
-      donate_argnums=0)
-
+  step_fn = make_train_step(s)
   train_iter = iter(pipeline.train_dataset(config, s.builder, start_step=start)
                     .as_numpy_iterator()) if start < s.total_steps else iter(())
   report = periodic_actions.ReportProgress(num_train_steps=s.total_steps,

@@ -27,7 +27,9 @@ Features follow TFDS's `coco/2017`, so one input pipeline reads both:
 """
 
 import dataclasses
+import struct
 from typing import Mapping
+import zlib
 
 from etils import epath
 import numpy as np
@@ -115,8 +117,12 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split, size):
     """Yields `(key, example)` for the `size` examples of `split`."""
     for index in range(size):
-      image_id = _SPLIT_ID_OFFSET[split] + index + 1
-      yield image_id, make_example(split, index)
+      yield image_id(split, index), make_example(split, index)
+
+
+def image_id(split, index):
+  """The `image/id` of example `index` of `split`."""
+  return _SPLIT_ID_OFFSET[split] + index + 1
 
 
 def make_example(split, index):
@@ -132,23 +138,58 @@ def make_example(split, index):
   """
   scene = shapes_render.render_scene(shapes_render.scene_rng(split, index))
   height, width = scene['image'].shape[:2]
-  image_id = _SPLIT_ID_OFFSET[split] + index + 1
   num = len(scene['labels'])
+  example_id = image_id(split, index)
   # Pixel-edge boxes lie in [0, H] x [0, W], so the normalised ones lie in
   # [0, 1] exactly, as BBoxFeature requires.
   bbox = scene['boxes'] / np.array([height, width, height, width], np.float32)
   return {
-      # Encoded here rather than by the Image feature, which would use zlib's
-      # default level 6: on these noisy images level 1 is ~3x faster (the bulk
-      # of the generation time otherwise) for ~12% more bytes.
-      'image': tf.io.encode_png(scene['image'], compression=1).numpy(),
-      'image/id': image_id,
-      'image/filename': f'{image_id:012d}.png',
+      'image': encode_png(scene['image']),
+      'image/id': example_id,
+      'image/filename': f'{example_id:012d}.png',
       'objects': {
-          'id': image_id * _OBJECTS_PER_IMAGE_ID + np.arange(1, num + 1),
+          'id': example_id * _OBJECTS_PER_IMAGE_ID + np.arange(1, num + 1),
           'area': np.rint(scene['areas']).astype(np.int64),
           'bbox': bbox.astype(np.float32),
           'label': scene['labels'],
           'is_crowd': np.zeros(num, bool),
       },
   }
+
+
+def encode_png(image):
+  """Encodes an RGB image as PNG bytes, fast.
+
+  The Image feature would encode with `tf.io.encode_png` at zlib level 6,
+  which on these noisy images takes most of the generation time. The per-pixel
+  noise leaves zlib's string matching almost nothing to find: entropy coding
+  alone ('Huffman only') of the 'Up'-filtered rows is ~7x faster, for files
+  ~1% larger. Any PNG decoder reads the result; the bytes are deterministic
+  for a given zlib.
+
+  Args:
+    image: uint8 [H, W, 3].
+
+  Returns:
+    The PNG file as bytes.
+  """
+  height, width, _ = image.shape
+  rows = image.reshape(height, width * 3)
+  # Each scanline is prefixed by its filter type, 2 ('Up': the byte-wise
+  # difference, modulo 256, to the row above; zeros above the first row).
+  filtered = np.empty((height, width * 3 + 1), np.uint8)
+  filtered[:, 0] = 2
+  filtered[0, 1:] = rows[0]
+  np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+  compressor = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+  data = compressor.compress(filtered.tobytes()) + compressor.flush()
+
+  def chunk(kind, payload):
+    return (struct.pack('>I', len(payload)) + kind + payload +
+            struct.pack('>I', zlib.crc32(kind + payload)))
+
+  # IHDR: size, bit depth 8, colour type 2 (RGB), default compression and
+  # filter methods, no interlacing.
+  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) +
+          chunk(b'IDAT', data) + chunk(b'IEND', b''))

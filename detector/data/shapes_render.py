@@ -17,13 +17,15 @@ Conventions:
   later objects hide.
 
 Determinism: a scene is a function of the `np.random.Generator` passed in
-only. The renderer uses numpy's PCG64 streams, IEEE arithmetic (+, -, *, /,
-sqrt, floor, min/max) on arrays and Python's `math` module on scalars: no BLAS
-and no vectorised transcendental functions, whose SIMD kernels differ between
-CPUs. So `render_scene(scene_rng(split, index))` gives the same pixels on every
-machine for a given numpy version (numpy does not promise stable `Generator`
-streams across versions). Bump the builder's version in `detector.data.shapes`
-whenever a change here alters any rendered scene.
+only. The renderer uses numpy's PCG64 streams, correctly rounded IEEE
+arithmetic (+, -, *, /, sqrt, floor, min/max) on arrays, and Python's `math`
+module for the few transcendental functions, on scalars: no BLAS and no
+vectorised sin/cos/exp, whose SIMD kernels differ between CPUs. So
+`render_scene(scene_rng(split, index))` gives the same pixels on every machine
+with the same numpy version (numpy does not promise stable `Generator` streams
+across versions) and a C math library that rounds `sin`, `cos`, `exp` and `log`
+like glibc's. Bump the builder's version in `detector.data.shapes` whenever a
+change here alters any rendered scene.
 
 Speed: the default config's 7500 scenes are rendered in a few milliseconds
 each. Internally images are float32 channel-first [3, H, W]: numpy's
@@ -475,7 +477,7 @@ def _smooth_noise(rng, h, w, cells):
   return top + (rows[iy + 1] - top) * ty[:, None]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class _Texture:
   """Parameters of a fill: 'solid', 'gradient', 'stripes' or 'noise'."""
   kind: str
@@ -719,10 +721,10 @@ def _finish(draws, canvas):
     for inner, before, after in (
         (channel[1:-1], channel[:-2], channel[2:]),
         (channel[:, 1:-1], channel[:, :-2], channel[:, 2:])):
+      # `before` and `after` overlap `inner`: sum them before it changes.
       step = before + after
-      step -= inner
-      step -= inner
       step *= a
+      inner *= np.float32(1.0) - np.float32(2.0) * a
       inner += step
     noise = draws.rng.random((height, width), dtype=np.float32)
     noise *= spread
@@ -789,6 +791,16 @@ def render_scene(rng, *, return_layers=False):
       if not mask.any():
         continue  # Cannot happen for >= 8 px objects; never emit an empty box.
       y0, y1, x0, x1 = window
+      box = mask_box(mask)
+      side = float(max(box[2] - box[0], box[3] - box[1]))
+      if side < MIN_OBJECT_SIZE:
+        # Pixel centres miss sharp tips: the mask of a small star can be 2 px
+        # shorter than its outline. Grow the object to the minimum size and
+        # place it again.
+        grow = (MIN_OBJECT_SIZE + 0.5) / side
+        scale *= grow
+        rel = tuple(r * grow for r in rel)
+        continue
       owner_win = owner[y0:y1, x0:x1]
       under = owner_win[mask]
       under = under[under >= 0]
@@ -807,7 +819,7 @@ def render_scene(rng, *, return_layers=False):
       full_area.append(area)
       visible_area.append(area)
       specs.append(spec)
-      boxes.append(mask_box(mask) + np.array([y0, x0, y0, x0], np.float32))
+      boxes.append(box + np.array([y0, x0, y0, x0], np.float32))
       areas.append(np.count_nonzero(silhouette >= 0.5))
       break
     # After PLACEMENT_TRIES rejections the object is not placed at all.

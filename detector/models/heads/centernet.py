@@ -38,6 +38,8 @@ class Head(nn.Module):
   level: int = 2
   width: int = 64           # Channels of the convs in each branch.
   num_convs: int = 1        # 3x3 conv-norm-relu layers in each branch.
+  shared_convs: bool = False  # One conv tower feeding both outputs.
+  output_kernel: int = 3    # Kernel size of the two output convs.
   norm: Optional[layers.ModuleDef] = None
   prior_prob: float = 0.01  # Initial heatmap probability (focal-loss prior).
   box_scale: float = 16.0   # ltrb = softplus(raw) * box_scale pixels.
@@ -51,20 +53,26 @@ class Head(nn.Module):
                        f'{self.level}')
     x = features[self.level]
 
-    def branch(name, out, bias_init):
+    def tower(name):
       y = x
       for i in range(self.num_convs):
         y = layers.ConvNormAct(self.width, norm=self.norm, dtype=self.dtype,
                                name=f'{name}_conv{i}')(y)
-      return nn.Conv(out, (3, 3), padding='SAME', dtype=self.dtype,
+      return y
+
+    def output(y, name, out, bias_init):
+      k = self.output_kernel
+      return nn.Conv(out, (k, k), padding='SAME', dtype=self.dtype,
                      param_dtype=jnp.float32,
                      kernel_init=nn.initializers.normal(0.01),
                      bias_init=bias_init, name=f'{name}_out')(y)
 
+    heat_in = tower('shared' if self.shared_convs else 'heatmap')
+    box_in = heat_in if self.shared_convs else tower('box')
     prior = -math.log((1 - self.prior_prob) / self.prior_prob)
-    heatmap = branch('heatmap', self.num_classes,
+    heatmap = output(heat_in, 'heatmap', self.num_classes,
                      nn.initializers.constant(prior))
-    ltrb = branch('box', 4, nn.initializers.zeros)
+    ltrb = output(box_in, 'box', 4, nn.initializers.zeros)
     ltrb = nn.softplus(ltrb.astype(jnp.float32)) * self.box_scale
     return {'heatmap': heatmap.astype(jnp.float32), 'ltrb': ltrb}
 
