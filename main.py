@@ -18,7 +18,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
-from detector import checkpoints
+from detector import errors
 from detector import train
 
 FLAGS = flags.FLAGS
@@ -55,8 +55,7 @@ def main(argv):
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
       train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FloatingPointError,
-          checkpoints.IncompatibleCheckpointError) as e:
+  except (errors.ConfigError, errors.TrainingDivergedError) as e:
     # A user's mistake: one clear line, no traceback.
     logging.error('%s', e)
     raise SystemExit(f'error: {e}') from None

@@ -20,7 +20,7 @@ def get_config(arg=None):
     raise ValueError(f'configs/cnn.py takes no argument or "tiny", got {arg!r}')
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.image_size = (128, 128)  # (height, width) of the padded model input.
+  config.image_size = (96, 96)    # (height, width) of the padded model input.
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = 'shapes'      # TFDS name, e.g. 'shapes', 'shapes/tiny'.
@@ -45,13 +45,14 @@ def get_config(arg=None):
   config.model.num_classes = -1       # -1: from the dataset's metadata.
   config.model.backbone = 'cnn'
   config.model.cnn = ml_collections.ConfigDict(dict(
-      stem_width=24, widths=(32, 64, 128, 192), depths=(1, 2, 2, 1)))
+      stem_width=24, widths=(32, 64, 128, 192), depths=(1, 2, 2, 1),
+      stem='conv', downsample='conv'))
   config.model.neck = 'fpn'
   config.model.fpn = ml_collections.ConfigDict(dict(
       min_level=2, max_level=5, width=64, use_norm=True))
   config.model.head = 'centernet'     # 'centernet' or 'retinanet'.
   config.model.centernet = ml_collections.ConfigDict(dict(
-      level=2, width=64, num_convs=1, shared_convs=False, output_kernel=3,
+      level=2, width=64, num_convs=1, shared_convs=True, output_kernel=1,
       use_norm=True, prior_prob=0.01,
       box_scale=16.0, gaussian_alpha=0.54, box_loss_weight=5.0, topk=100))
   config.model.retinanet = ml_collections.ConfigDict(dict(
@@ -71,8 +72,8 @@ def get_config(arg=None):
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adamw'     # 'adamw' or 'sgd' (momentum).
-  config.optimizer.learning_rate = 4e-3  # Peak, reached after warm-up.
-  config.optimizer.warmup_steps = 200
+  config.optimizer.learning_rate = 3e-3  # Peak, reached after warm-up.
+  config.optimizer.warmup_steps = 300
   config.optimizer.end_learning_rate_factor = 0.01  # Cosine decays to peak * this.
   config.optimizer.weight_decay = 5e-4   # Not applied to norm scales and biases.
   config.optimizer.momentum = 0.9      # SGD momentum.
@@ -81,11 +82,12 @@ def get_config(arg=None):
   config.optimizer.b2 = 0.999
   config.optimizer.grad_clip_norm = 10.0  # Global-norm clipping; 0 disables.
 
-  config.batch_size = 64              # Global, over all devices and processes.
-  config.num_train_steps = 3000       # Or set num_epochs (> 0), which wins.
+  config.ema_decay = 0.999            # EMA of the weights used for evaluation; 0: off.
+  config.batch_size = 32              # Global, over all devices and processes.
+  config.num_train_steps = 1300       # Or set num_epochs (> 0), which wins.
   config.num_epochs = ml_collections.FieldReference(None, field_type=float)
   config.log_every_steps = 100
-  config.checkpoint_every_steps = 500
+  config.checkpoint_every_steps = 250
   config.keep_checkpoints = 3
   config.eval_batch_size = 64
   config.num_images_to_draw = 6       # Validation images drawn in TensorBoard.

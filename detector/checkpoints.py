@@ -17,8 +17,10 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from detector import errors
 
-class IncompatibleCheckpointError(ValueError):
+
+class IncompatibleCheckpointError(errors.ConfigError):
   """A checkpoint whose parameters do not fit the configured model."""
 
 

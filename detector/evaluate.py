@@ -52,7 +52,7 @@ def predict_split(config, setup, state, split, predict_fn,
     (COCO result dicts for the whole split, a list of up to `keep_images`
     (image uint8 [H, W, 3], gt boxes, predicted boxes) in input pixels).
   """
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  variables = state.eval_variables()
   sharding = NamedSharding(setup.mesh, P('data'))
   detections: List[dict] = []
   drawn = []

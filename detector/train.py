@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from detector import errors
 from detector import checkpoints
 from detector import evaluate
 from detector import models
@@ -54,7 +55,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
   for key in ('batch_size', 'eval_batch_size'):
     value = config[key]
     if value <= 0 or value % n_dev or value % n_proc:
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.{key}={value} must be a positive multiple of the number of '
           f'devices ({n_dev}) and processes ({n_proc}); for example '
           f'--config.{key}={max(n_dev, n_dev * round(max(value, 1) / n_dev))}')
@@ -62,15 +63,15 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
   size = tuple(config.image_size)
   if len(size) != 2 or any(s <= 0 or s % stride for s in size):
     fix = tuple(max(stride, stride * round(s / stride)) for s in size)
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.image_size={size}: both sides must be positive multiples of '
         f'{stride}, the largest stride of this model; for example '
         f'--config.image_size="{fix}"')
   lo, hi = config.input.scale_jitter
   if not 0 < lo <= hi:
-    raise ValueError(f'config.input.scale_jitter={(lo, hi)}: need 0 < min <= max')
+    raise errors.ConfigError(f'config.input.scale_jitter={(lo, hi)}: need 0 < min <= max')
   if config.optimizer.name not in ('adamw', 'sgd'):
-    raise ValueError(f'config.optimizer.name={config.optimizer.name!r}: expected '
+    raise errors.ConfigError(f'config.optimizer.name={config.optimizer.name!r}: expected '
                      'adamw or sgd')
   detector_lib.compute_dtype(config.model)
   models.head_module(config.model.head)
@@ -81,7 +82,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise ValueError(f'--workdir={workdir} cannot be written ({e.strerror}); '
+    raise errors.ConfigError(f'--workdir={workdir} cannot be written ({e.strerror}); '
                      'choose a directory you can write to') from None
 
 
@@ -138,6 +139,15 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jax.Array  # A raw uint32[2] key: it checkpoints as a plain array.
+  # Exponential moving average of params (and of BatchNorm statistics), used
+  # for evaluation; None when config.ema_decay is 0.
+  ema: Any = None
+
+  def eval_variables(self):
+    """The variables evaluation uses: the EMA when kept, else the live ones."""
+    if self.ema is not None:
+      return {'params': self.ema['params'], 'batch_stats': self.ema['batch_stats']}
+    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 def create_state(model: nn.Module, tx, config, rng) -> TrainState:
@@ -146,9 +156,23 @@ def create_state(model: nn.Module, tx, config, rng) -> TrainState:
   h, w = config.image_size
   variables = model.init(init_rng, jnp.zeros((1, h, w, 3), jnp.uint8))
   params = variables['params']
+  batch_stats = variables.get('batch_stats', {})
+  ema = None
+  if config.ema_decay:
+    ema = {'params': params, 'batch_stats': batch_stats}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}),
-                    opt_state=tx.init(params), rng=state_rng)
+                    batch_stats=batch_stats, opt_state=tx.init(params),
+                    rng=state_rng, ema=ema)
+
+
+def update_ema(ema, params, batch_stats, step, decay):
+  """EMA with the usual warm-up: the decay is min(decay, (1 + t) / (10 + t)),
+  so early averages are not dominated by the random initialisation."""
+  d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  mix = lambda e, p: d * e + (1.0 - d) * p
+  return {'params': jax.tree_util.tree_map(mix, ema['params'], params),
+          'batch_stats': jax.tree_util.tree_map(mix, ema['batch_stats'],
+                                                batch_stats)}
 
 # ---------------------------------------------------------------------------
 # Train step.
@@ -158,7 +182,8 @@ TRAIN_KEYS = ('image', 'boxes', 'labels', 'box_mask')
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
-               head, model_config, schedule) -> Tuple[TrainState, Dict]:
+               head, model_config, schedule, ema_decay=0.0
+               ) -> Tuple[TrainState, Dict]:
   """One optimisation step on a global batch; returns the state and metrics."""
   rng, _ = jax.random.split(state.rng)  # Reserved for stochastic layers.
 
@@ -176,9 +201,12 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
   metrics = dict(parts, loss=loss, grad_norm=optax.global_norm(grads),
                  param_norm=optax.global_norm(params),
                  learning_rate=schedule(state.step))
+  ema = state.ema
+  if ema is not None:
+    ema = update_ema(ema, params, batch_stats, state.step, ema_decay)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state,
-                            rng=rng)
+                            rng=rng, ema=ema)
   return new_state, metrics
 
 
@@ -203,6 +231,7 @@ class Setup:
   tx: Any = flax.struct.field(pytree_node=False)
   schedule: Any = flax.struct.field(pytree_node=False)
   total_steps: int = flax.struct.field(pytree_node=False)
+  ema_decay: float = flax.struct.field(pytree_node=False)
   abstract_state: Any = flax.struct.field(pytree_node=False)
   state_sharding: Any = flax.struct.field(pytree_node=False)
   init_fn: Callable = flax.struct.field(pytree_node=False)
@@ -232,7 +261,7 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
     if model_config.num_classes == -1:
       model_config.num_classes = len(class_names)
     elif model_config.num_classes != len(class_names):
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.model.num_classes={model_config.num_classes} but dataset '
           f'{config.dataset.name} has {len(class_names)} classes '
           f'{list(class_names)}; set it to -1 to take the dataset\'s')
@@ -251,7 +280,8 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
   return Setup(mesh=mesh, builder=builder, class_names=list(class_names),
                model_config=model_config, train_model=train_model,
                eval_model=eval_model, tx=tx, schedule=schedule,
-               total_steps=total_steps, abstract_state=abstract_state,
+               total_steps=total_steps, ema_decay=config.ema_decay,
+               abstract_state=abstract_state,
                state_sharding=state_sharding, init_fn=init_fn)
 
 
@@ -260,7 +290,8 @@ def make_train_step(s: Setup):
   head = models.head_module(s.model_config.head)
   return jax.jit(
       functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,
-                        model_config=s.model_config, schedule=s.schedule),
+                        model_config=s.model_config, schedule=s.schedule,
+                        ema_decay=s.ema_decay),
       in_shardings=(s.state_sharding, NamedSharding(s.mesh, P('data'))),
       out_shardings=(s.state_sharding, NamedSharding(s.mesh, P())),
       donate_argnums=0)
@@ -389,7 +420,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
                              config.checkpoint_every_steps)
   state = checkpoints.restore_or_none(mngr, s.abstract_state)
   if state is None:
-    raise ValueError(f'--mode=evaluate: no checkpoint in {mngr.directory}; '
+    raise errors.ConfigError(f'--mode=evaluate: no checkpoint in {mngr.directory}; '
                      'train first with --mode=train')
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -402,7 +433,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
 def _check_finite(step, loss):
   value = float(loss)
   if not math.isfinite(value):
-    raise FloatingPointError(
+    raise errors.TrainingDivergedError(
         f'The training loss is {value} at step {step}. Common causes: a '
         'learning rate too high for this batch size (lower '
         'config.optimizer.learning_rate or raise warmup_steps), or degenerate '

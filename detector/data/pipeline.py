@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from detector import errors
 from detector.data import preprocess
 
 
@@ -41,7 +42,7 @@ def get_builder(config: ml_collections.ConfigDict):
   try:
     return tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'config.dataset.name={config.dataset.name!r} is not a '
+    raise errors.ConfigError(f'config.dataset.name={config.dataset.name!r} is not a '
                      f'known TFDS dataset: {e}') from None
 
 
@@ -62,7 +63,7 @@ def split_size(builder, split: str) -> int:
   try:
     return builder.info.splits[split].num_examples
   except KeyError:
-    raise ValueError(f'split {split!r} is not in {builder.info.full_name}; it has '
+    raise errors.ConfigError(f'split {split!r} is not in {builder.info.full_name}; it has '
                      f'{sorted(builder.info.splits)}') from None
 
 

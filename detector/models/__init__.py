@@ -6,6 +6,8 @@ backbone, neck or head means adding a file and one line here.
 
 import importlib
 
+from detector import errors
+
 BACKBONES = {
     'cnn': 'detector.models.backbones.cnn:CNN',
 }
@@ -20,7 +22,7 @@ HEADS = {  # Modules with `Head`, `loss` and `decode`; see heads/__init__.py.
 
 def _lookup(table, kind, name):
   if name not in table:
-    raise ValueError(f'config.model.{kind}={name!r} is not known; '
+    raise errors.ConfigError(f'config.model.{kind}={name!r} is not known; '
                      f'choose one of {sorted(table)}')
   module, _, attr = table[name].partition(':')
   module = importlib.import_module(module)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from detector import errors
 from detector import models
 from detector.models import layers
 from detector.ops import boxes as box_ops
@@ -41,7 +42,7 @@ class Detector(nn.Module):
 
 def compute_dtype(config: ml_collections.ConfigDict):
   if config.dtype not in DTYPES:
-    raise ValueError(f'config.model.dtype={config.dtype!r}: expected one of '
+    raise errors.ConfigError(f'config.model.dtype={config.dtype!r}: expected one of '
                      f'{sorted(DTYPES)}')
   return DTYPES[config.dtype]
 

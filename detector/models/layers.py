@@ -10,6 +10,8 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
+from detector import errors
+
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
 
@@ -30,7 +32,7 @@ def make_norm(kind: str, train: bool, dtype: Dtype = jnp.float32,
     dtype: compute dtype; parameters stay float32.
   """
   if kind not in ('batch_norm', 'frozen_batch_norm', 'sync_batch_norm'):
-    raise ValueError(f'config.model.norm={kind!r}: expected batch_norm, '
+    raise errors.ConfigError(f'config.model.norm={kind!r}: expected batch_norm, '
                      'frozen_batch_norm or sync_batch_norm')
   use_running_average = (not train) or kind == 'frozen_batch_norm'
   return functools.partial(

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from detector import errors
 from detector.models import layers
 from detector.ops import losses
 
@@ -48,7 +49,7 @@ class Head(nn.Module):
   @nn.compact
   def __call__(self, features):
     if self.level not in features:
-      raise ValueError(f'centernet head reads level {self.level}, the neck '
+      raise errors.ConfigError(f'centernet head reads level {self.level}, the neck '
                        f'returns {sorted(features)}: set neck.min_level <= '
                        f'{self.level}')
     x = features[self.level]

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from detector import errors
 from detector.models import layers
 from detector.ops import anchors as anchor_ops
 from detector.ops import boxes as box_ops
@@ -46,7 +47,7 @@ class Head(nn.Module):
     missing = [l for l in range(self.min_level, self.max_level + 1)
                if l not in features]
     if missing:
-      raise ValueError(f'retinanet head needs levels {self.min_level}..'
+      raise errors.ConfigError(f'retinanet head needs levels {self.min_level}..'
                        f'{self.max_level}, the neck lacks {missing}')
     num_anchors = anchor_ops.anchors_per_location(self.num_scales,
                                                   self.aspect_ratios)
@@ -119,7 +120,7 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
                                    box_ops.encode(gt_boxes, anchors),
                                    delta=cfg.huber_delta).sum(-1)
   else:
-    raise ValueError(f'config.model.retinanet.box_loss={cfg.box_loss!r}: '
+    raise errors.ConfigError(f'config.model.retinanet.box_loss={cfg.box_loss!r}: '
                      'expected giou or huber')
   box_loss = jnp.where(positive, per_anchor, 0.).sum() / num_pos
   total = cls_loss + cfg.box_loss_weight * box_loss

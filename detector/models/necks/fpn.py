@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from detector import errors
 from detector.models import layers
 
 
@@ -34,7 +35,7 @@ class FPN(nn.Module):
   def __call__(self, features: Dict[int, jax.Array]) -> Dict[int, jax.Array]:
     available = sorted(features)
     if self.min_level not in features:
-      raise ValueError(f'FPN min_level={self.min_level} but the backbone returns '
+      raise errors.ConfigError(f'FPN min_level={self.min_level} but the backbone returns '
                        f'levels {available}; lower the level or change backbone')
     top = min(self.max_level, available[-1])
     inner = {}
