@@ -1,0 +1,151 @@
+"""Head targets and decoding: a head that outputs its own training targets
+must detect the ground truth exactly (a round trip through targets, decode,
+NMS and the COCO evaluator), and the targets obey their definitions."""
+
+import detector  # pylint: disable=unused-import
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import cnn
+from detector.evaluation import coco
+from detector.models import detector as detector_lib
+from detector.models.heads import centernet
+from detector.models.heads import retinanet
+from detector.ops import anchors as anchor_ops
+from detector.ops import boxes as box_ops
+from detector.ops import matching
+
+
+def _scene(rng, num, size=96, max_boxes=8, min_side=8, max_side=40):
+  """Well-separated boxes (no two share a stride-4 centre cell)."""
+  boxes = []
+  while len(boxes) < num:
+    h, w = rng.uniform(min_side, max_side, 2)
+    y, x = rng.uniform(0, size - h), rng.uniform(0, size - w)
+    cand = np.array([y, x, y + h, x + w])
+    centre = (cand[:2] + cand[2:]) / 2
+    if all(np.abs(centre - (b[:2] + b[2:]) / 2).max() > 12 for b in boxes):
+      boxes.append(cand)
+  padded = np.zeros((max_boxes, 4), np.float32)
+  padded[:num] = np.reshape(boxes, (num, 4))
+  labels = np.zeros(max_boxes, np.int32)
+  labels[:num] = rng.integers(0, 3, num)
+  mask = np.arange(max_boxes) < num
+  return padded, labels, mask
+
+
+def _model_config(head):
+  config = cnn.get_config()
+  model = config.model.copy_and_resolve_references()
+  with model.unlocked():
+    model.num_classes = 3
+  model.retinanet.min_level = 2
+  model.retinanet.max_level = 4
+  return model
+
+
+def _as_coco(boxes, labels, mask, pred):
+  images = [{'id': i + 1, 'width': 96, 'height': 96} for i in range(len(boxes))]
+  anns, dets = [], []
+  for i in range(len(boxes)):
+    for b, l in zip(boxes[i][mask[i]], labels[i][mask[i]]):
+      x, y, w, h = box_ops.yxyx_to_xywh(np.asarray(b, np.float64))
+      anns.append({'id': len(anns) + 1, 'image_id': i + 1, 'category_id': int(l),
+                   'bbox': [x, y, w, h], 'area': w * h, 'iscrowd': 0})
+    valid = np.asarray(pred['valid'][i])
+    for b, c, s in zip(np.asarray(pred['boxes'][i])[valid],
+                       np.asarray(pred['classes'][i])[valid],
+                       np.asarray(pred['scores'][i])[valid]):
+      x, y, w, h = box_ops.yxyx_to_xywh(np.asarray(b, np.float64))
+      dets.append({'image_id': i + 1, 'category_id': int(c), 'bbox': [x, y, w, h],
+                   'score': float(s)})
+  gt = {'images': images, 'annotations': anns,
+        'categories': [{'id': c, 'name': str(c)} for c in range(3)]}
+  return gt, dets
+
+
+def test_centernet_targets_follow_their_definition():
+  rng = np.random.default_rng(0)
+  boxes, labels, mask = _scene(rng, 5)
+  heat, targets, weights = centernet.targets_one_image(
+      jnp.asarray(boxes), jnp.asarray(labels), jnp.asarray(mask), 3, (24, 24), 4)
+  heat, targets, weights = map(np.asarray, (heat, targets, weights))
+  for b, l in zip(boxes[mask], labels[mask]):
+    cy, cx = int((b[0] + b[2]) / 2 // 4), int((b[1] + b[3]) / 2 // 4)
+    assert heat[cy, cx, l] == pytest.approx(1.0)
+    np.testing.assert_allclose(targets[cy, cx], b, rtol=1e-6)
+  assert heat.max() <= 1.0 and heat.min() >= 0.0
+  # Exactly one peak of 1 per box (boxes are well separated).
+  assert (heat >= 1 - 1e-6).sum() == mask.sum()
+  # Weights sum to 1 per box (where no other box claims its cells).
+  assert weights.sum() == pytest.approx(mask.sum(), rel=1e-3)
+
+
+def test_centernet_perfect_outputs_give_ap_one():
+  rng = np.random.default_rng(1)
+  scenes = [_scene(rng, n) for n in (1, 3, 5, 0)]
+  boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
+  config = _model_config('centernet')
+  heat, targets, _ = jax.vmap(lambda b, l, m: centernet.targets_one_image(
+      b, l, m, 3, (24, 24), 4))(boxes, labels, mask)
+  ys = (jnp.arange(24) + 0.5) * 4
+  cy, cx = ys[None, :, None], ys[None, None, :]
+  ltrb = jnp.stack([cy - targets[..., 0], cx - targets[..., 1],
+                    targets[..., 2] - cy, targets[..., 3] - cx], -1)
+  # Logits: +10 at exact peaks, -10 elsewhere.
+  outputs = {'heatmap': jnp.where(heat >= 1 - 1e-6, 10.0, -10.0), 'ltrb': ltrb}
+  pred = detector_lib.postprocess(centernet.decode(outputs, config), config,
+                                  (96, 96))
+  assert int(pred['valid'].sum()) == int(mask.sum())
+  gt, dets = _as_coco(boxes, labels, mask, pred)
+  metrics = coco.evaluate_coco(gt, dets)
+  assert metrics['AP'] == pytest.approx(1.0)
+
+
+def test_retinanet_perfect_outputs_give_ap_one():
+  rng = np.random.default_rng(2)
+  scenes = [_scene(rng, n, min_side=12) for n in (2, 4, 1)]
+  boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
+  config = _model_config('retinanet')
+  anchors = jnp.asarray(retinanet.anchors_for(config))
+  matched, match_labels = jax.vmap(lambda b, m: matching.match_anchors(
+      anchors, b, m))(boxes, mask)
+  gt_boxes = jnp.take_along_axis(jnp.asarray(boxes), matched[..., None], 1)
+  gt_labels = jnp.take_along_axis(jnp.asarray(labels), matched, 1)
+  deltas = box_ops.encode(gt_boxes, anchors)
+  # Each box's single best anchor fires; all other anchors are silent.
+  iou = jax.vmap(lambda b: box_ops.pairwise_iou(anchors, b))(jnp.asarray(boxes))
+  best = jnp.argmax(jnp.where(mask[:, None, :], iou, -1), axis=1)  # [B, K]
+  fire = jnp.zeros(match_labels.shape, bool)
+  fire = jax.vmap(lambda f, i, m: f.at[jnp.where(m, i, 0)].max(m))(fire, best, mask)
+  logits = jnp.where(fire[..., None] & (jax.nn.one_hot(gt_labels, 3) > 0), 10., -10.)
+  outputs = {'cls_logits': logits, 'box_deltas': deltas}
+  pred = detector_lib.postprocess(retinanet.decode(outputs, config), config,
+                                  (96, 96))
+  assert int(pred['valid'].sum()) == int(mask.sum())
+  gt, dets = _as_coco(boxes, labels, mask, pred)
+  assert coco.evaluate_coco(gt, dets)['AP'] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('head', ['centernet', 'retinanet'])
+def test_loss_is_finite_and_lower_for_targets_than_for_noise(head):
+  rng = np.random.default_rng(3)
+  scenes = [_scene(rng, n, min_side=12) for n in (3, 0)]
+  boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
+  batch = {'boxes': jnp.asarray(boxes), 'labels': jnp.asarray(labels),
+           'box_mask': jnp.asarray(mask)}
+  config = _model_config(head)
+  config.head = head
+  model = detector_lib.build(config, train=False)
+  images = jnp.asarray(rng.integers(0, 255, (2, 96, 96, 3)), jnp.uint8)
+  variables = model.init(jax.random.PRNGKey(0), images)
+  outputs = model.apply(variables, images)
+  lib = centernet if head == 'centernet' else retinanet
+  loss, parts = lib.loss(outputs, batch, config)
+  assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in parts.values())
+  grads = jax.grad(lambda v: lib.loss(model.apply(v, images), batch, config)[0])(
+      variables)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
