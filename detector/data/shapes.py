@@ -27,9 +27,6 @@ Features follow TFDS's `coco/2017`, so one input pipeline reads both:
 """
 
 import dataclasses
-import functools
-import multiprocessing
-import os
 import struct
 from typing import Mapping
 import zlib
@@ -49,8 +46,6 @@ SPLIT_SEED = shapes_render.SPLIT_SEED
 _SPLIT_ID_OFFSET = {'train': 0, 'validation': 1_000_000, 'test': 2_000_000}
 # Object ids: image/id * _OBJECTS_PER_IMAGE_ID + k + 1 for the k-th object.
 _OBJECTS_PER_IMAGE_ID = 100
-# Splits at least this large are rendered by a pool of worker processes.
-_PARALLEL_MIN_EXAMPLES = 1000
 
 
 @dataclasses.dataclass(eq=False)
@@ -120,25 +115,13 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             for split, size in self.builder_config.split_sizes.items()}
 
   def _generate_examples(self, split, size):
-    """Yields `(key, example)` for the `size` examples of `split`.
-
-    Large splits are rendered by one worker process per CPU core (rendering
-    is pure numpy and each example depends only on its index, so the result
-    is the same as rendering in order here).
-    """
-    workers = min(os.cpu_count() or 1, 8)
-    if workers < 2 or size < _PARALLEL_MIN_EXAMPLES:
-      for index in range(size):
-        yield image_id(split, index), make_example(split, index)
-      return
-    # 'spawn' rather than 'fork': the parent runs TensorFlow and JAX threads,
-    # and forking a threaded process can deadlock the child.
-    context = multiprocessing.get_context('spawn')
-    with context.Pool(workers) as pool:
-      examples = pool.imap(functools.partial(make_example, split), range(size),
-                           chunksize=32)
-      for index, example in enumerate(examples):
-        yield image_id(split, index), example
+    """Yields `(key, example)` for the `size` examples of `split`."""
+    # Rendered in this process: a 'spawn' worker pool halves the time on two
+    # cores but re-runs the caller's main script in every worker, which breaks
+    # scripts without a `__main__` guard; 'fork' is unsafe next to the
+    # threads of TensorFlow and JAX.
+    for index in range(size):
+      yield image_id(split, index), make_example(split, index)
 
 
 def image_id(split, index):
