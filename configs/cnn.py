@@ -1,8 +1,22 @@
-"""Small CNN + FPN detector on the built-in `shapes` dataset (the default job).
+"""Small CNN + FPN + anchor-free centre head on the built-in `shapes` data (default job).
 
     .venv/bin/python main.py --config=configs/cnn.py --workdir=workdirs/cnn
 
-Expected on a 2-core x86 CPU (no GPU): TODO-measured.
+Expected on a 2-core x86 CPU without GPU (measured 2026-11-25, jaxlib 0.10.2):
+about 10 minutes in all: ~40 s to generate `shapes` on first use, ~25 s of
+start-up and compilation, 1150 steps of batch 32 at 96x96 px (~2.7 steps/s,
+~85 train img/s), ~45 s to evaluate validation and test. Result on the test
+split: AP@[.5:.95] about 0.34, AP50 about 0.55 (1300 steps measured 0.347 /
+0.558; 1500 steps 0.382 / 0.600). The training loss is still falling when
+the schedule ends.
+
+Head: `centernet` (one stride-4 level, heatmap + GIoU box regression) was
+chosen over `retinanet` (anchors on P2-P5) by measurement on that CPU: with the
+same wall-clock training budget (1500 steps at ~2.8 steps/s against 600 at
+~1.2 steps/s, the anchor head's four stride-4 subnet convs being the cost),
+test AP was 0.382 against 0.137. `--config.model.head=retinanet` switches.
+
+`--config=configs/cnn.py:tiny` is a seconds-long smoke run (tests use it).
 """
 
 import ml_collections
@@ -84,7 +98,7 @@ def get_config(arg=None):
 
   config.ema_decay = 0.999            # EMA of the weights used for evaluation; 0: off.
   config.batch_size = 32              # Global, over all devices and processes.
-  config.num_train_steps = 1300       # Or set num_epochs (> 0), which wins.
+  config.num_train_steps = 1150       # Or set num_epochs (> 0), which wins.
   config.num_epochs = ml_collections.FieldReference(None, field_type=float)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 250

@@ -212,3 +212,18 @@ def test_misspelt_config_key_fails_before_anything_starts(tmp_path):
   assert proc.returncode != 0
   assert 'optimiser' in proc.stderr
   assert not os.path.exists(tmp_path / 'wd')
+
+
+def test_nan_loss_stops_training_naming_the_step(tiny_config, tmp_path,
+                                                 monkeypatch):
+  from detector import errors  # pylint: disable=g-import-not-at-top
+  from detector.models.heads import centernet  # pylint: disable=g-import-not-at-top
+  real_loss = centernet.loss
+
+  def nan_loss(outputs, batch, config):
+    loss, parts = real_loss(outputs, batch, config)
+    return loss * float('nan'), parts
+
+  monkeypatch.setattr(centernet, 'loss', nan_loss)
+  with pytest.raises(errors.TrainingDivergedError, match='nan at step 1'):
+    train.train_and_evaluate(tiny_config, str(tmp_path / 'wd'))
