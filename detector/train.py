@@ -7,6 +7,7 @@ the batch is sharded over the mesh axis 'data' and the state is replicated,
 so XLA inserts the gradient all-reduce. The step compiles once per run.
 """
 
+import dataclasses
 import functools
 import math
 import os
@@ -220,21 +221,22 @@ def metrics_collection(names):
 # ---------------------------------------------------------------------------
 
 
-@flax.struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class Setup:
-  mesh: Mesh = flax.struct.field(pytree_node=False)
-  builder: Any = flax.struct.field(pytree_node=False)
-  class_names: Any = flax.struct.field(pytree_node=False)
-  model_config: Any = flax.struct.field(pytree_node=False)
-  train_model: Any = flax.struct.field(pytree_node=False)
-  eval_model: Any = flax.struct.field(pytree_node=False)
-  tx: Any = flax.struct.field(pytree_node=False)
-  schedule: Any = flax.struct.field(pytree_node=False)
-  total_steps: int = flax.struct.field(pytree_node=False)
-  ema_decay: float = flax.struct.field(pytree_node=False)
-  abstract_state: Any = flax.struct.field(pytree_node=False)
-  state_sharding: Any = flax.struct.field(pytree_node=False)
-  init_fn: Callable = flax.struct.field(pytree_node=False)
+  """What a run builds once from the config: never traced, never checkpointed."""
+  mesh: Mesh
+  builder: Any                 # The TFDS builder; None in tests without data.
+  class_names: Any
+  model_config: ml_collections.ConfigDict  # config.model, resolved, num_classes set.
+  train_model: nn.Module       # BatchNorm in training mode.
+  eval_model: nn.Module        # Same parameters, running statistics.
+  tx: Any
+  schedule: Callable
+  total_steps: int
+  ema_decay: float
+  abstract_state: Any          # ShapeDtypeStructs carrying the state shardings.
+  state_sharding: Any
+  init_fn: Callable            # Jitted rng -> TrainState, already sharded.
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:

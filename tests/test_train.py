@@ -123,7 +123,8 @@ def test_incompatible_checkpoint_names_the_parameter(tiny_config, tmp_path):
   train.train_and_evaluate(tiny_config, workdir)
   tiny_config.model.fpn.width = 24
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
-                     match=r'neck.*has shape'):
+                     match=r'(params|batch_stats)/\S+ has shape \(.*\), the '
+                     r'configured model needs'):
     train.train_and_evaluate(tiny_config, workdir)
 
 
@@ -212,6 +213,24 @@ def test_misspelt_config_key_fails_before_anything_starts(tmp_path):
   assert proc.returncode != 0
   assert 'optimiser' in proc.stderr
   assert not os.path.exists(tmp_path / 'wd')
+
+
+def test_ema_follows_its_formula():
+  rng = np.random.default_rng(0)
+  params = {'w': rng.normal(size=(3, 2)).astype(np.float32)}
+  stats = {'mean': rng.normal(size=(2,)).astype(np.float32)}
+  ema = {'params': params, 'batch_stats': stats}
+  expected = {k: v.astype(np.float64) for k, v in {**params, **stats}.items()}
+  for step in range(30):
+    params = {'w': params['w'] + 1.0}
+    stats = {'mean': stats['mean'] - 0.5}
+    ema = train.update_ema(ema, params, stats, step, 0.9)
+    d = min(0.9, (1 + step) / (10 + step))
+    expected['w'] = d * expected['w'] + (1 - d) * params['w']
+    expected['mean'] = d * expected['mean'] + (1 - d) * stats['mean']
+  np.testing.assert_allclose(ema['params']['w'], expected['w'], rtol=1e-5)
+  np.testing.assert_allclose(ema['batch_stats']['mean'], expected['mean'],
+                             rtol=1e-5)
 
 
 def test_nan_loss_stops_training_naming_the_step(tiny_config, tmp_path,
