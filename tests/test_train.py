@@ -211,7 +211,8 @@ def test_misspelt_config_key_fails_before_anything_starts(tmp_path):
        f'--workdir={tmp_path}/wd', '--config.optimiser=adam'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert 'optimiser' in proc.stderr
+  assert 'optimiser' in proc.stderr and 'Did you mean "optimizer"' in proc.stderr
+  assert 'Traceback' not in proc.stderr
   assert not os.path.exists(tmp_path / 'wd')
 
 
