@@ -5,9 +5,10 @@
 Expected on a 2-core x86 CPU without GPU (measured 2026-11-25, jaxlib 0.10.2):
 about 10 minutes in all: ~40 s to generate `shapes` on first use, ~25 s of
 start-up and compilation, 1150 steps of batch 32 at 96x96 px (~2.7 steps/s,
-~85 train img/s), ~45 s to evaluate validation and test. Result on the test
-split: AP@[.5:.95] about 0.34, AP50 about 0.55 (1300 steps measured 0.347 /
-0.558; 1500 steps 0.382 / 0.600). The training loss is still falling when
+~85 train img/s), ~45 s to evaluate validation and test. Expected on the
+test split: AP@[.5:.95] about 0.33-0.34 (1150 steps is derived from the rate
+of a measured 1300-step run, which took 10.5 minutes and gave AP 0.347 / AP50
+0.558; 1500 steps gave 0.382 / 0.600). The training loss is still falling when
 the schedule ends.
 
 Head: `centernet` (one stride-4 level, heatmap + GIoU box regression) was
