@@ -61,13 +61,14 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
           f'devices ({n_dev}) and processes ({n_proc}); for example '
           f'--config.{key}={max(n_dev, n_dev * round(max(value, 1) / n_dev))}')
   stride = required_stride(config.model)
-  size = tuple(config.image_size)
-  if len(size) != 2 or any(s <= 0 or s % stride for s in size):
-    fix = tuple(max(stride, stride * round(s / stride)) for s in size)
-    raise errors.ConfigError(
-        f'config.image_size={size}: both sides must be positive multiples of '
-        f'{stride}, the largest stride of this model; for example '
-        f'--config.image_size="{fix}"')
+  for key in ('image_size', 'eval_image_size'):
+    size = tuple(config[key])
+    if len(size) != 2 or any(s <= 0 or s % stride for s in size):
+      fix = tuple(max(stride, stride * round(s / stride)) for s in size)
+      raise errors.ConfigError(
+          f'config.{key}={size}: both sides must be positive multiples of '
+          f'{stride}, the largest stride of this model; for example '
+          f'--config.{key}="{fix}"')
   lo, hi = config.input.scale_jitter
   if not 0 < lo <= hi:
     raise errors.ConfigError(f'config.input.scale_jitter={(lo, hi)}: need 0 < min <= max')
@@ -228,6 +229,7 @@ class Setup:
   builder: Any                 # The TFDS builder; None in tests without data.
   class_names: Any
   model_config: ml_collections.ConfigDict  # config.model, resolved, num_classes set.
+  eval_model_config: ml_collections.ConfigDict  # The same at config.eval_image_size.
   train_model: nn.Module       # BatchNorm in training mode.
   eval_model: nn.Module        # Same parameters, running statistics.
   tx: Any
@@ -268,6 +270,12 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
           f'{config.dataset.name} has {len(class_names)} classes '
           f'{list(class_names)}; set it to -1 to take the dataset\'s')
   model_config.lock()
+  # Evaluation runs on larger whole images: sizes that decoding depends on
+  # (anchors, the flip merge) come from this copy.
+  eval_model_config = model_config.copy_and_resolve_references()
+  with eval_model_config.unlocked():
+    eval_model_config.image_size = tuple(config.eval_image_size)
+  eval_model_config.lock()
   tx, schedule = make_optimizer(config, total_steps)
   train_model = detector_lib.build(model_config, train=True)
   eval_model = detector_lib.build(model_config, train=False)
@@ -280,7 +288,8 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract_state, state_sharding)
   return Setup(mesh=mesh, builder=builder, class_names=list(class_names),
-               model_config=model_config, train_model=train_model,
+               model_config=model_config, eval_model_config=eval_model_config,
+               train_model=train_model,
                eval_model=eval_model, tx=tx, schedule=schedule,
                total_steps=total_steps, ema_decay=config.ema_decay,
                abstract_state=abstract_state,

@@ -67,6 +67,33 @@ def _as_coco(boxes, labels, mask, pred):
   return gt, dets
 
 
+def _perfect_centernet(boxes, labels, mask):
+  """Outputs equal to the head's own targets: logits +10 at peaks, -10 elsewhere."""
+  heat, targets, _ = jax.vmap(lambda b, l, m: centernet.targets_one_image(
+      b, l, m, 3, (24, 24), 4))(boxes, labels, mask)
+  ys = (jnp.arange(24) + 0.5) * 4
+  cy, cx = ys[None, :, None], ys[None, None, :]
+  ltrb = jnp.stack([cy - targets[..., 0], cx - targets[..., 1],
+                    targets[..., 2] - cy, targets[..., 3] - cx], -1)
+  return {'heatmap': jnp.where(heat >= 1 - 1e-6, 10.0, -10.0), 'ltrb': ltrb}
+
+
+def _perfect_retinanet(boxes, labels, mask, config):
+  """Each box's single best anchor fires with exact deltas; others are silent."""
+  anchors = jnp.asarray(retinanet.anchors_for(config))
+  matched, match_labels = jax.vmap(lambda b, m: matching.match_anchors(
+      anchors, b, m))(boxes, mask)
+  gt_boxes = jnp.take_along_axis(jnp.asarray(boxes), matched[..., None], 1)
+  gt_labels = jnp.take_along_axis(jnp.asarray(labels), matched, 1)
+  deltas = box_ops.encode(gt_boxes, anchors)
+  iou = jax.vmap(lambda b: box_ops.pairwise_iou(anchors, b))(jnp.asarray(boxes))
+  best = jnp.argmax(jnp.where(mask[:, None, :], iou, -1), axis=1)  # [B, K]
+  fire = jnp.zeros(match_labels.shape, bool)
+  fire = jax.vmap(lambda f, i, m: f.at[jnp.where(m, i, 0)].max(m))(fire, best, mask)
+  logits = jnp.where(fire[..., None] & (jax.nn.one_hot(gt_labels, 3) > 0), 10., -10.)
+  return {'cls_logits': logits, 'box_deltas': deltas}
+
+
 def test_centernet_targets_follow_their_definition():
   rng = np.random.default_rng(0)
   boxes, labels, mask = _scene(rng, 5)
@@ -89,14 +116,7 @@ def test_centernet_perfect_outputs_give_ap_one():
   scenes = [_scene(rng, n) for n in (1, 3, 5, 0)]
   boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
   config = _model_config('centernet')
-  heat, targets, _ = jax.vmap(lambda b, l, m: centernet.targets_one_image(
-      b, l, m, 3, (24, 24), 4))(boxes, labels, mask)
-  ys = (jnp.arange(24) + 0.5) * 4
-  cy, cx = ys[None, :, None], ys[None, None, :]
-  ltrb = jnp.stack([cy - targets[..., 0], cx - targets[..., 1],
-                    targets[..., 2] - cy, targets[..., 3] - cx], -1)
-  # Logits: +10 at exact peaks, -10 elsewhere.
-  outputs = {'heatmap': jnp.where(heat >= 1 - 1e-6, 10.0, -10.0), 'ltrb': ltrb}
+  outputs = _perfect_centernet(boxes, labels, mask)
   pred = detector_lib.postprocess(centernet.decode(outputs, config), config,
                                   (96, 96))
   assert int(pred['valid'].sum()) == int(mask.sum())
@@ -110,19 +130,7 @@ def test_retinanet_perfect_outputs_give_ap_one():
   scenes = [_scene(rng, n, min_side=12) for n in (2, 4, 1)]
   boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
   config = _model_config('retinanet')
-  anchors = jnp.asarray(retinanet.anchors_for(config))
-  matched, match_labels = jax.vmap(lambda b, m: matching.match_anchors(
-      anchors, b, m))(boxes, mask)
-  gt_boxes = jnp.take_along_axis(jnp.asarray(boxes), matched[..., None], 1)
-  gt_labels = jnp.take_along_axis(jnp.asarray(labels), matched, 1)
-  deltas = box_ops.encode(gt_boxes, anchors)
-  # Each box's single best anchor fires; all other anchors are silent.
-  iou = jax.vmap(lambda b: box_ops.pairwise_iou(anchors, b))(jnp.asarray(boxes))
-  best = jnp.argmax(jnp.where(mask[:, None, :], iou, -1), axis=1)  # [B, K]
-  fire = jnp.zeros(match_labels.shape, bool)
-  fire = jax.vmap(lambda f, i, m: f.at[jnp.where(m, i, 0)].max(m))(fire, best, mask)
-  logits = jnp.where(fire[..., None] & (jax.nn.one_hot(gt_labels, 3) > 0), 10., -10.)
-  outputs = {'cls_logits': logits, 'box_deltas': deltas}
+  outputs = _perfect_retinanet(boxes, labels, mask, config)
   pred = detector_lib.postprocess(retinanet.decode(outputs, config), config,
                                   (96, 96))
   assert int(pred['valid'].sum()) == int(mask.sum())
@@ -149,3 +157,35 @@ def test_loss_is_finite_and_lower_for_targets_than_for_noise(head):
   grads = jax.grad(lambda v: lib.loss(model.apply(v, images), batch, config)[0])(
       variables)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize('head', ['centernet', 'retinanet'])
+def test_merge_flipped_maps_mirror_outputs_back(head):
+  """The perfect outputs of the mirrored scene, merged with those of the scene,
+  give the scene's outputs back, and detections equal to the ground truth."""
+  rng = np.random.default_rng(5)
+  # Random float boxes keep centres off cell borders, where mirroring could
+  # move a centre into the neighbouring cell.
+  scenes = [_scene(rng, n, min_side=12) for n in (3, 1, 4)]
+  boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
+  mirrored = boxes.copy()
+  mirrored[..., 1], mirrored[..., 3] = 96 - boxes[..., 3], 96 - boxes[..., 1]
+  mirrored[~mask] = 0
+  config = _model_config(head)
+  config.head = head
+  lib = centernet if head == 'centernet' else retinanet
+  if head == 'centernet':
+    outputs = _perfect_centernet(boxes, labels, mask)
+    flipped = _perfect_centernet(mirrored, labels, mask)
+  else:
+    outputs = _perfect_retinanet(boxes, labels, mask, config)
+    flipped = _perfect_retinanet(mirrored, labels, mask, config)
+  merged = lib.merge_flipped(outputs, flipped, config)
+  for key in outputs:
+    np.testing.assert_allclose(merged[key], outputs[key], atol=2e-3)
+  pred = detector_lib.postprocess(lib.decode(merged, config), config, (96, 96))
+  gt, dets = _as_coco(boxes, labels, mask, pred)
+  assert coco.evaluate_coco(gt, dets)['AP'] == pytest.approx(1.0)
+  # Merging a scene with a different (unmirrored) one must not pass.
+  wrong = lib.merge_flipped(outputs, outputs, config)
+  assert not all(np.allclose(wrong[k], outputs[k], atol=2e-3) for k in outputs)

@@ -312,6 +312,12 @@ def test_clip():
   batched = _clip(np.stack([boxes, boxes]), np.array([[64], [32]]),
                   np.array([[80], [16]]))
   np.testing.assert_array_equal(batched[1, 0], [0, 0, 32, 16])
+  # NumPy stays NumPy (host-side export must not dispatch to JAX), JAX stays
+  # JAX, and both give the same numbers.
+  assert isinstance(box_ops.clip(boxes, 64, 80), np.ndarray)
+  on_device = box_ops.clip(jnp.asarray(boxes), 64, 80)
+  assert isinstance(on_device, jax.Array)
+  np.testing.assert_array_equal(on_device, got)
 
 
 def test_giou_matches_formula():

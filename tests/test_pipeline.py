@@ -58,3 +58,24 @@ def test_eval_batches_cover_the_split_once(tiny_config):
   for b in batches:
     for i in np.flatnonzero(b['example_mask']):
       assert b['box_mask'][i].sum() == per_image.get(b['image_id'][i], 0)
+
+
+def test_training_crops_are_cut_at_the_evaluation_scale(tiny_config):
+  """With eval_image_size > image_size, training batches are image_size crops
+  of images scaled to fit eval_image_size (times the jitter); evaluation
+  batches hold whole images at eval_image_size."""
+  config = tiny_config.copy_and_resolve_references()
+  config.eval_image_size = (128, 128)
+  config.input.eval_image_size = (128, 128)
+  builder = pipeline.get_builder(config)
+  lo, hi = config.input.scale_jitter
+  for batch in _batches(config, builder, 0, 4):
+    assert batch['image'].shape[1:3] == tuple(config.image_size)
+    fit = np.min(128 / batch['orig_size'], axis=1)
+    assert np.all(batch['scale'] >= fit * lo - 1e-5)
+    assert np.all(batch['scale'] <= fit * hi + 1e-5)
+  batch = next(pipeline.eval_batches(config, builder, 'validation'))
+  assert batch['image'].shape[1:3] == (128, 128)
+  np.testing.assert_allclose(batch['scale'][batch['example_mask']],
+                             np.min(128 / batch['orig_size'], axis=1)[
+                                 batch['example_mask']], rtol=1e-6)

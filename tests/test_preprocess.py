@@ -286,22 +286,24 @@ def test_flip_is_seeded():
 JITTER_SEEDS = [np.array([s, 11], np.int32) for s in range(10)]
 
 
-def _jitter(image, boxes, seed):
+def _jitter(image, boxes, seed, fit_size=None):
   return preprocess.random_scale_jitter(image, boxes, (64, 64), 0.5, 2.0, seed,
-                                        pad_value=-1.0)
+                                        pad_value=-1.0, fit_size=fit_size)
 
 
-def test_scale_jitter_boxes_follow_pixels():
+# base: the scale that fits the 60x80 image into fit_size (None: the 64x64 output).
+@pytest.mark.parametrize('fit_size,base', [(None, 64 / 80), ((96, 96), 96 / 80)])
+def test_scale_jitter_boxes_follow_pixels(fit_size, base):
   image, boxes, labels = make_scene(60, 80)
-  base = 0.8  # min(64 / 60, 64 / 80)
+  _jitter_fit = lambda image, boxes, seed: _jitter(image, boxes, seed, fit_size)
   eager, multipliers, cropped, padded = [], [], False, False
   for seed in JITTER_SEEDS:
     out_image, out_boxes, info = tf.nest.map_structure(
-        np.asarray, _jitter(image, boxes, seed))
+        np.asarray, _jitter_fit(image, boxes, seed))
     eager.append((out_image, out_boxes, info))
     scale, offset = info['scale'], info['offset']
     multipliers.append(scale / base)
-    assert 0.5 <= scale / base <= 2.0
+    assert 0.5 - 1e-6 <= scale / base <= 2.0 + 1e-6
     # Crop offsets are whole scaled pixels, never past the scaled image.
     assert np.all(offset <= 0) and np.all(offset == np.round(offset))
     scaled_size = np.floor(np.array([60, 80]) * scale + 0.5)
@@ -331,7 +333,7 @@ def test_scale_jitter_boxes_follow_pixels():
                tf.TensorSpec([2], tf.int32))
   ds = tf.data.Dataset.from_generator(
       lambda: ((image, boxes, s) for s in JITTER_SEEDS),
-      output_signature=signature).map(_jitter)
+      output_signature=signature).map(_jitter_fit)
   for (e_image, e_boxes, e_info), (g_image, g_boxes, g_info) in zip(eager, ds):
     np.testing.assert_array_equal(g_image, e_image)
     np.testing.assert_array_equal(g_boxes, e_boxes)

@@ -4,8 +4,11 @@ Every dataset is read through TFDS with the features of `coco/2017`
 (`image`, `image/id`, `objects/{bbox, label, is_crowd}`); the built-in `shapes`
 dataset has the same structure. Batches are dicts of numpy arrays:
 
-  `image`      uint8 [b, H, W, 3], resized (aspect preserved) and padded at the
-               bottom/right to `config.input.image_size`.
+  `image`      uint8 [b, H, W, 3]: for training a random crop of size
+               `config.input.image_size` of the image resized (aspect
+               preserved) to fit `config.input.eval_image_size` times the scale
+               jitter; for evaluation the whole image resized to fit and padded
+               at the bottom/right to `config.input.eval_image_size`.
   `boxes`      float32 [b, max_boxes, 4] `[ymin, xmin, ymax, xmax]` in pixels of
                the padded input; padding rows are zeros.
   `labels`     int32 [b, max_boxes] class indices in [0, num_classes).
@@ -116,6 +119,7 @@ def _finish(image, boxes, labels, info, example, max_boxes, min_visible):
 
 def _train_map(config, seed):
   size = tuple(config.input.image_size)
+  fit_size = tuple(config.input.eval_image_size)
   lo, hi = config.input.scale_jitter
 
   def fn(index, example):
@@ -127,9 +131,9 @@ def _train_map(config, seed):
     if config.input.hflip:
       image, boxes = preprocess.random_horizontal_flip(image, boxes, flip_seed)
       example = dict(example, boxes=boxes)
-    if (lo, hi) != (1.0, 1.0):
+    if (lo, hi) != (1.0, 1.0) or fit_size != size:
       image, boxes, info = preprocess.random_scale_jitter(
-          image, boxes, size, lo, hi, jitter_seed)
+          image, boxes, size, lo, hi, jitter_seed, fit_size=fit_size)
     else:
       image, boxes, info = preprocess.resize_and_pad(image, boxes, size)
     return _finish(image, boxes, example['labels'], info, example,
@@ -170,7 +174,7 @@ def eval_batches(config: ml_collections.ConfigDict, builder, split: str,
   computations over the mesh stay in step across hosts.
   """
   batch = (batch_size or config.eval_batch_size) // jax.process_count()
-  size = tuple(config.input.image_size)
+  size = tuple(config.input.eval_image_size)
   max_boxes = config.input.max_boxes
 
   def fn(example):
@@ -224,9 +228,13 @@ def groundtruth_coco(builder, split: str, names) -> dict:
   TFDS directly, so nothing the training pipeline pads or cuts is lost.
   """
   ds = builder.as_dataset(split=split, shuffle_files=False)
+  # Only the image size is needed: decode in parallel inside tf.data and hand
+  # the host a shape, not the pixels.
+  ds = ds.map(lambda ex: dict(ex, image=tf.shape(ex['image'])[:2]),
+              num_parallel_calls=tf.data.AUTOTUNE).prefetch(64)
   images, annotations = [], []
   for ex in tfds.as_numpy(ds):
-    h, w = ex['image'].shape[:2]
+    h, w = ex['image']
     image_id = int(ex['image/id'])
     images.append({'id': image_id, 'height': int(h), 'width': int(w)})
     objects = ex['objects']

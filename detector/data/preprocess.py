@@ -306,12 +306,16 @@ def random_scale_jitter(
     max_scale: float,
     seed: tf.Tensor,
     pad_value: TensorLike = 0,
+    fit_size: Optional[Tuple[int, int]] = None,
 ) -> Tuple[tf.Tensor, tf.Tensor, Dict[str, tf.Tensor]]:
   """Random aspect-preserving rescale, random crop if too large, then pad.
 
   The scale multiplier is drawn **uniformly** in [min_scale, max_scale] (as in
   the large-scale-jitter recipes, so their ranges carry over) and multiplies
-  the fitting scale `min(H / h, W / w)`. Along each axis where the scaled image
+  the fitting scale `min(FH / h, FW / w)`, where `(FH, FW)` is `fit_size`
+  (default: the output size). A `fit_size` larger than the output trains on
+  crops at the scale of a larger evaluation input: objects keep the size they
+  will have at test time while each training image costs less. Along each axis where the scaled image
   is larger than the output, the crop offset is drawn uniformly among the
   integer offsets 0..(scaled - output); elsewhere it is 0 and the image sits at
   the top-left with padding after it.
@@ -325,6 +329,8 @@ def random_scale_jitter(
     max_scale: largest scale multiplier (>= min_scale).
     seed: `int32`/`int64` tensor [2], stateless seed.
     pad_value: value of output pixels the image does not cover.
+    fit_size: python `(FH, FW)` the multiplier is relative to, or None for
+      `output_size`.
 
   Returns:
     image, boxes, info exactly as `resize_and_pad` (image `float32`
@@ -344,6 +350,11 @@ def random_scale_jitter(
   # size keep the output filled. In a float32 tie at k + 0.5 the last offset
   # may leave one row of padding, which valid_size then reports.
   size_f = tf.cast(tf.shape(image)[:2], tf.float32)
+  fit_h, fit_w = (out_h, out_w) if fit_size is None else (
+      int(fit_size[0]), int(fit_size[1]))
+  # resize_and_pad applies its multiplier to the output's own fitting scale.
+  multiplier *= tf.minimum(fit_h / size_f[0], fit_w / size_f[1]) / tf.minimum(
+      out_h / size_f[0], out_w / size_f[1])
   scale = tf.minimum(out_h / size_f[0], out_w / size_f[1]) * multiplier
   scaled_size = tf.cast(tf.floor(size_f * scale + 0.5), tf.int32)
   max_offset = tf.maximum(scaled_size - [out_h, out_w], 0)

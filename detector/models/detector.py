@@ -111,7 +111,14 @@ def postprocess(decoded, config: ml_collections.ConfigDict, image_size):
 
 
 def predict(model: Detector, variables, images, config: ml_collections.ConfigDict):
-  """Images -> final detections (see `postprocess`); jit-compatible."""
+  """Images -> final detections (see `postprocess`); jit-compatible.
+
+  With `config.flip_test` the mirror images are run too and the head merges
+  both outputs before decoding (twice the cost of a forward pass).
+  """
   outputs = model.apply(variables, images)
   head = models.head_module(config.head)
+  if config.flip_test:
+    flipped = model.apply(variables, images[:, :, ::-1])
+    outputs = head.merge_flipped(outputs, flipped, config)
   return postprocess(head.decode(outputs, config), config, images.shape[1:3])

@@ -252,11 +252,14 @@ def clip(boxes, height, width):
     [0, height] and x coordinates in [0, width]. A box entirely outside the
     image collapses to a zero-area box on the border.
   """
-  boxes = jnp.asarray(boxes)
+  # NumPy in, NumPy out: host-side callers (COCO export) must not pay for
+  # eager JAX dispatch and a compilation per distinct number of boxes.
+  xp = _array_module(boxes)
+  boxes = xp.asarray(boxes)
   # Clip per coordinate so that `height` / `width` broadcast against the box
   # dimensions rather than against the trailing 4.
-  ymin = jnp.clip(boxes[..., 0], 0.0, height)
-  xmin = jnp.clip(boxes[..., 1], 0.0, width)
-  ymax = jnp.clip(boxes[..., 2], 0.0, height)
-  xmax = jnp.clip(boxes[..., 3], 0.0, width)
-  return jnp.stack([ymin, xmin, ymax, xmax], axis=-1).astype(boxes.dtype)
+  ymin = xp.clip(boxes[..., 0], 0.0, height)
+  xmin = xp.clip(boxes[..., 1], 0.0, width)
+  ymax = xp.clip(boxes[..., 2], 0.0, height)
+  xmax = xp.clip(boxes[..., 3], 0.0, width)
+  return xp.stack([ymin, xmin, ymax, xmax], axis=-1).astype(boxes.dtype)

@@ -11,4 +11,7 @@ and loss, and its decoding into boxes; the trainer only sees this interface:
       `batch['box_mask']` [B, K] bool.
   `decode(outputs, config) -> dict` of `boxes` [B, N, 4] (same box format),
       `scores` [B, N], `classes` [B, N] int32 and `valid` [B, N] bool, before NMS.
+  `merge_flipped(outputs, flipped, config) -> outputs`: averages the outputs
+      for a batch and for its horizontal mirror image, mapped back onto the
+      original (test-time flip augmentation, `config.model.flip_test`).
 """

@@ -172,6 +172,23 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
   return total, {'heatmap_loss': heat_loss, 'box_loss': box_loss}
 
 
+def merge_flipped(outputs, flipped, config: ml_collections.ConfigDict):
+  """Averages the outputs for images and for their horizontal mirror images.
+
+  `flipped` holds the head's outputs for `images[:, :, ::-1]`. Mirrored back,
+  its cell x sits over cell w - 1 - x (cell centres are symmetric about the
+  middle of the padded input) and its left and right distances swap places.
+  Heatmaps are averaged as probabilities, as in CenterNet's flip test.
+  """
+  del config
+  heat = 0.5 * (jax.nn.sigmoid(outputs['heatmap'])
+                + jax.nn.sigmoid(flipped['heatmap'][:, :, ::-1]))
+  heat = jnp.clip(heat, 1e-7, 1 - 1e-7)
+  ltrb_back = flipped['ltrb'][:, :, ::-1][..., jnp.array([0, 3, 2, 1])]
+  return {'heatmap': jnp.log(heat) - jnp.log1p(-heat),
+          'ltrb': 0.5 * (outputs['ltrb'] + ltrb_back)}
+
+
 def decode(outputs, config: ml_collections.ConfigDict):
   """Top-k heatmap peaks -> candidate boxes (before NMS).
 

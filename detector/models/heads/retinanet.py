@@ -128,6 +128,38 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
                  'num_positives': positive.sum() / positive.shape[0]}
 
 
+def merge_flipped(outputs, flipped, config: ml_collections.ConfigDict):
+  """Averages the outputs for images and for their horizontal mirror images.
+
+  `flipped` holds the head's outputs for `images[:, :, ::-1]`. On each level
+  the anchor grid is symmetric about the middle of the padded input and every
+  anchor shape is symmetric too, so anchor (y, x, a) of the mirror image sits
+  over anchor (y, w - 1 - x, a) of the original; its dx changes sign. Class
+  scores are averaged as probabilities, box deltas as they are.
+  """
+  cfg = config.retinanet
+  height, width = config.image_size
+  per_cell = anchor_ops.anchors_per_location(cfg.num_scales,
+                                             tuple(cfg.aspect_ratios))
+
+  def mirror(x):
+    b, parts, start = x.shape[0], [], 0
+    for level in range(cfg.min_level, cfg.max_level + 1):
+      h, w = height // 2 ** level, width // 2 ** level
+      n = h * w * per_cell
+      grid = x[:, start:start + n].reshape(b, h, w, per_cell, -1)
+      parts.append(grid[:, :, ::-1].reshape(b, n, -1))
+      start += n
+    return jnp.concatenate(parts, axis=1)
+
+  probs = 0.5 * (jax.nn.sigmoid(outputs['cls_logits'])
+                 + jax.nn.sigmoid(mirror(flipped['cls_logits'])))
+  probs = jnp.clip(probs, 1e-7, 1 - 1e-7)
+  deltas_back = mirror(flipped['box_deltas']) * jnp.array([1., -1., 1., 1.])
+  return {'cls_logits': jnp.log(probs) - jnp.log1p(-probs),
+          'box_deltas': 0.5 * (outputs['box_deltas'] + deltas_back)}
+
+
 def decode(outputs, config: ml_collections.ConfigDict):
   """Top-k (anchor, class) scores -> candidate boxes (before NMS).
 
