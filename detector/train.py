@@ -387,8 +387,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       state, metrics = step_fn(state, device_batch(batch, batch_sharding))
       if collection is None:
         collection = metrics_collection(sorted(metrics))
-      update = collection.single_from_model_output(**metrics)
-      train_metrics = update if train_metrics is None else train_metrics.merge(update)
+        # One compiled call per step instead of a dozen eager ops: at ~0.2 s
+        # a step on a CPU, eager metric bookkeeping cost ~10% of training.
+        first_metrics = jax.jit(lambda m: collection.single_from_model_output(**m))
+        merge_metrics = jax.jit(
+            lambda acc, m: acc.merge(collection.single_from_model_output(**m)))
+      train_metrics = (first_metrics(metrics) if train_metrics is None
+                       else merge_metrics(train_metrics, metrics))
       if pending is not None:
         _check_finite(*pending)
       pending = (step, metrics['loss'])

@@ -309,6 +309,19 @@ def test_builds_are_byte_identical(tiny_dirs):
                                 second['objects']['bbox'])
 
 
+def test_parallel_generation_equals_serial():
+  """Worker processes (real subprocesses) yield exactly the serial examples."""
+  from detector.data import shapes_examples  # pylint: disable=g-import-not-at-top
+  serial = list(shapes_examples.generate('validation', 7, workers=1))
+  parallel = list(shapes_examples.generate('validation', 7, workers=3))
+  assert [k for k, _ in parallel] == [k for k, _ in serial] == [
+      shapes.image_id('validation', i) for i in range(7)]
+  for (_, a), (_, b) in zip(serial, parallel):
+    assert a['image'] == b['image'] and a['image/filename'] == b['image/filename']
+    for key in a['objects']:
+      np.testing.assert_array_equal(a['objects'][key], b['objects'][key])
+
+
 def test_encode_png_round_trips():
   image = _scenes()[0]['image']
   png = shapes.encode_png(image)

@@ -27,25 +27,27 @@ Features follow TFDS's `coco/2017`, so one input pipeline reads both:
 """
 
 import dataclasses
-import struct
+import os
 from typing import Mapping
-import zlib
 
 from etils import epath
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from detector.data import shapes_examples
 from detector.data import shapes_render
 
 CLASS_NAMES = shapes_render.CLASS_NAMES
 SPLIT_SEED = shapes_render.SPLIT_SEED
 
-# image/id = offset of the split + index + 1: unique across splits (a split
-# holds fewer than 10^6 examples) and never 0, which some tools treat as unset.
-_SPLIT_ID_OFFSET = {'train': 0, 'validation': 1_000_000, 'test': 2_000_000}
-# Object ids: image/id * _OBJECTS_PER_IMAGE_ID + k + 1 for the k-th object.
-_OBJECTS_PER_IMAGE_ID = 100
+# TensorFlow-free parts, re-exported: what an example holds, and its id.
+image_id = shapes_examples.image_id
+make_example = shapes_examples.make_example
+encode_png = shapes_examples.encode_png
+
+# Rendering is spread over worker processes for splits at least this large.
+_PARALLEL_MIN_EXAMPLES = 256
 
 
 @dataclasses.dataclass(eq=False)
@@ -116,84 +118,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, size):
     """Yields `(key, example)` for the `size` examples of `split`."""
-    # Rendered in this process: a 'spawn' worker pool halves the time on two
-    # cores but re-runs the caller's main script in every worker, which breaks
-    # scripts without a `__main__` guard; 'fork' is unsafe next to the
-    # threads of TensorFlow and JAX.
-    for index in range(size):
-      yield image_id(split, index), make_example(split, index)
-
-
-def image_id(split, index):
-  """The `image/id` of example `index` of `split`."""
-  return _SPLIT_ID_OFFSET[split] + index + 1
-
-
-def make_example(split, index):
-  """Renders example `index` of `split` as a TFDS feature dict.
-
-  Args:
-    split: 'train', 'validation' or 'test'.
-    index: example index within the split.
-
-  Returns:
-    A dict matching the builder's features: the image as PNG bytes, the other
-    values as numpy values.
-  """
-  scene = shapes_render.render_scene(shapes_render.scene_rng(split, index))
-  height, width = scene['image'].shape[:2]
-  num = len(scene['labels'])
-  example_id = image_id(split, index)
-  # Pixel-edge boxes lie in [0, H] x [0, W], so the normalised ones lie in
-  # [0, 1] exactly, as BBoxFeature requires.
-  bbox = scene['boxes'] / np.array([height, width, height, width], np.float32)
-  return {
-      'image': encode_png(scene['image']),
-      'image/id': example_id,
-      'image/filename': f'{example_id:012d}.png',
-      'objects': {
-          'id': example_id * _OBJECTS_PER_IMAGE_ID + np.arange(1, num + 1),
-          'area': np.rint(scene['areas']).astype(np.int64),
-          'bbox': bbox.astype(np.float32),
-          'label': scene['labels'],
-          'is_crowd': np.zeros(num, bool),
-      },
-  }
-
-
-def encode_png(image):
-  """Encodes an RGB image as PNG bytes, fast.
-
-  The Image feature would encode with `tf.io.encode_png` at zlib level 6,
-  which on these noisy images takes most of the generation time. The per-pixel
-  noise leaves zlib's string matching almost nothing to find: entropy coding
-  alone ('Huffman only') of the 'Up'-filtered rows is ~7x faster, for files
-  ~1% larger. Any PNG decoder reads the result; the bytes are deterministic
-  for a given zlib.
-
-  Args:
-    image: uint8 [H, W, 3].
-
-  Returns:
-    The PNG file as bytes.
-  """
-  height, width, _ = image.shape
-  rows = image.reshape(height, width * 3)
-  # Each scanline is prefixed by its filter type, 2 ('Up': the byte-wise
-  # difference, modulo 256, to the row above; zeros above the first row).
-  filtered = np.empty((height, width * 3 + 1), np.uint8)
-  filtered[:, 0] = 2
-  filtered[0, 1:] = rows[0]
-  np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
-  compressor = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
-  data = compressor.compress(filtered.tobytes()) + compressor.flush()
-
-  def chunk(kind, payload):
-    return (struct.pack('>I', len(payload)) + kind + payload +
-            struct.pack('>I', zlib.crc32(kind + payload)))
-
-  # IHDR: size, bit depth 8, colour type 2 (RGB), default compression and
-  # filter methods, no interlacing.
-  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
-  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) +
-          chunk(b'IDAT', data) + chunk(b'IEND', b''))
+    workers = 1
+    if size >= _PARALLEL_MIN_EXAMPLES:
+      workers = min(len(os.sched_getaffinity(0)), 8)
+    return shapes_examples.generate(split, size, workers)
