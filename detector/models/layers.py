@@ -46,6 +46,9 @@ class ConvNormAct(nn.Module):
   features: int
   kernel_size: int = 3
   strides: int = 1
+  # 'SAME' or explicit ((top, bottom), (left, right)); ported PyTorch models
+  # need symmetric padding, which 'SAME' is not for strided convs.
+  padding: Any = 'SAME'
   norm: Optional[ModuleDef] = None  # None: no norm, the conv gets a bias.
   act: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = nn.relu
   feature_group_count: int = 1
@@ -56,7 +59,7 @@ class ConvNormAct(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                strides=(self.strides, self.strides), padding='SAME',
+                strides=(self.strides, self.strides), padding=self.padding,
                 use_bias=self.norm is None,
                 feature_group_count=self.feature_group_count,
                 kernel_init=self.kernel_init, dtype=self.dtype,

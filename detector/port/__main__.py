@@ -1,0 +1,31 @@
+"""`python -m detector.port`: see `detector.port`."""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from detector import errors
+from detector import port
+
+flags.DEFINE_string('source', None, 'Where the weights come from: torchvision.')
+flags.DEFINE_string('arch', None, 'Architecture, e.g. resnet50.')
+flags.DEFINE_string('input', None, 'Local checkpoint file (else the source '
+                    'library downloads its default weights).')
+flags.DEFINE_string('output', None, 'The weights file to write (.npz).')
+flags.mark_flags_as_required(['source', 'arch', 'output'])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  try:
+    metadata = port.port(FLAGS.source, FLAGS.arch, FLAGS.output, FLAGS.input)
+  except errors.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  print(f'wrote {FLAGS.output}: {metadata["arch"]} from {metadata["origin"]}')
+
+
+if __name__ == '__main__':
+  app.run(main)
