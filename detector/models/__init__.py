@@ -10,7 +10,6 @@ from detector import errors
 
 BACKBONES = {
     'cnn': 'detector.models.backbones.cnn:CNN',
-    'resnet': 'detector.models.backbones.resnet:ResNet',
 }
 NECKS = {
     'fpn': 'detector.models.necks.fpn:FPN',
