@@ -6,7 +6,8 @@
 Sources converted so far: `torchvision` ResNets (resnet18, 34, 50, 101, 152).
 The file format is described in `detector.port.weights`; loading it needs
 neither PyTorch nor Keras. PyTorch files are read with `weights_only=True`
-(no pickled code runs).
+(no pickled code runs). This package never imports TensorFlow: torch 2.14
+(through triton) crashes when loaded into a process that already holds it.
 """
 
 from typing import Dict, Optional
