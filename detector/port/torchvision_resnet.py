@@ -25,32 +25,32 @@ _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
        'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
 
 
+def _conv_or_norm(base: str, is_conv: bool, field: str):
+  """A conv weight or a BatchNorm tensor of the ConvNormAct at `base`."""
+  if is_conv:
+    return ('params', f'{base}/conv/kernel') if field == 'weight' else 'bad'
+  if field in _BN:
+    return _BN[field][0], f'{base}/norm/{_BN[field][1]}'
+  return 'bad'
+
+
 def _target(name: str):
-  """torchvision tensor name -> (collection, our path) or None to skip."""
+  """torchvision tensor name -> (collection, our path), None to skip, or 'bad'."""
   if name.endswith('num_batches_tracked'):
     return None
   m = re.fullmatch(r'(conv1|bn1)\.(\w+)', name)
   if m:
-    layer, field = m.groups()
-    if layer == 'conv1':
-      return ('params', 'stem/conv/kernel') if field == 'weight' else 'bad'
-    if field in _BN:
-      return _BN[field][0], f'stem/norm/{_BN[field][1]}'
-    return 'bad'
+    return _conv_or_norm('stem', m.group(1) == 'conv1', m.group(2))
   m = re.fullmatch(r'layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)', name)
   if m:
     stage, block, kind, k, field = m.groups()
-    base = f'stage{int(stage) + 1}_block{block}/conv{k}'
-    if kind == 'conv':
-      return ('params', f'{base}/conv/kernel') if field == 'weight' else 'bad'
-    return (_BN[field][0], f'{base}/norm/{_BN[field][1]}') if field in _BN else 'bad'
+    return _conv_or_norm(f'stage{int(stage) + 1}_block{block}/conv{k}',
+                         kind == 'conv', field)
   m = re.fullmatch(r'layer(\d)\.(\d+)\.downsample\.([01])\.(\w+)', name)
   if m:
     stage, block, index, field = m.groups()
-    base = f'stage{int(stage) + 1}_block{block}/downsample'
-    if index == '0':
-      return ('params', f'{base}/conv/kernel') if field == 'weight' else 'bad'
-    return (_BN[field][0], f'{base}/norm/{_BN[field][1]}') if field in _BN else 'bad'
+    return _conv_or_norm(f'stage{int(stage) + 1}_block{block}/downsample',
+                         index == '0', field)
   m = re.fullmatch(r'fc\.(weight|bias)', name)
   if m:
     return 'params', 'classifier/' + ('kernel' if m.group(1) == 'weight' else 'bias')
