@@ -120,5 +120,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
     """Yields `(key, example)` for the `size` examples of `split`."""
     workers = 1
     if size >= _PARALLEL_MIN_EXAMPLES:
-      workers = min(len(os.sched_getaffinity(0)), 8)
+      # sched_getaffinity respects CPU limits; macOS lacks it.
+      cores = (len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+               else os.cpu_count() or 1)
+      workers = min(cores, 8)
     return shapes_examples.generate(split, size, workers)
