@@ -353,9 +353,9 @@ def random_scale_jitter(
   fit_h, fit_w = (out_h, out_w) if fit_size is None else (
       int(fit_size[0]), int(fit_size[1]))
   # resize_and_pad applies its multiplier to the output's own fitting scale.
-  multiplier *= tf.minimum(fit_h / size_f[0], fit_w / size_f[1]) / tf.minimum(
-      out_h / size_f[0], out_w / size_f[1])
-  scale = tf.minimum(out_h / size_f[0], out_w / size_f[1]) * multiplier
+  out_fit = tf.minimum(out_h / size_f[0], out_w / size_f[1])
+  multiplier *= tf.minimum(fit_h / size_f[0], fit_w / size_f[1]) / out_fit
+  scale = out_fit * multiplier
   scaled_size = tf.cast(tf.floor(size_f * scale + 0.5), tf.int32)
   max_offset = tf.maximum(scaled_size - [out_h, out_w], 0)
   # floor(u * (max_offset + 1)) with u in [0, 1) is uniform over

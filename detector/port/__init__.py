@@ -14,7 +14,6 @@ from typing import Dict, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from detector import errors
 from detector.models import layers

@@ -138,14 +138,14 @@ def merge_flipped(outputs, flipped, config: ml_collections.ConfigDict):
   scores are averaged as probabilities, box deltas as they are.
   """
   cfg = config.retinanet
-  height, width = config.image_size
+  sizes = anchor_ops.level_sizes(tuple(config.image_size), cfg.min_level,
+                                 cfg.max_level)
   per_cell = anchor_ops.anchors_per_location(cfg.num_scales,
                                              tuple(cfg.aspect_ratios))
 
   def mirror(x):
     b, parts, start = x.shape[0], [], 0
-    for level in range(cfg.min_level, cfg.max_level + 1):
-      h, w = height // 2 ** level, width // 2 ** level
+    for h, w in sizes:
       n = h * w * per_cell
       grid = x[:, start:start + n].reshape(b, h, w, per_cell, -1)
       parts.append(grid[:, :, ::-1].reshape(b, n, -1))
