@@ -40,11 +40,12 @@ def test_converted_resnet_equals_torchvision(tmp_path, arch):
                  f'--input={tmp_path / "state_dict.pth"}', f'--output={out}')
   assert result.returncode == 0, result.stderr
   variables, metadata = weights.load(str(out))
-  assert metadata['arch'] == arch and metadata['image_size'] == 224
+  assert metadata['arch'] == arch
+  assert metadata['preprocessing']['image_size'] == 224
   # Odd and even sizes: padding must match PyTorch's on both.
   for size in (64, 67):
     x = expected[f'x{size}']
-    got = port.model_for(arch).apply(variables, x.transpose(0, 2, 3, 1))
+    got = port.model_for(metadata).apply(variables, x.transpose(0, 2, 3, 1))
     for key in (2, 3, 4, 5, 'logits'):
       want = expected[f'x{size}_{key if key == "logits" else f"C{key}"}']
       scale = np.abs(want).max()

@@ -10,9 +10,12 @@ from detector import errors
 
 BACKBONES = {
     'cnn': 'detector.models.backbones.cnn:CNN',
+    'resnet': 'detector.models.backbones.resnet:ResNet',
+    'efficientnet': 'detector.models.backbones.efficientnet:EfficientNet',
 }
 NECKS = {
     'fpn': 'detector.models.necks.fpn:FPN',
+    'bifpn': 'detector.models.necks.bifpn:BiFPN',
 }
 HEADS = {  # Modules with `Head`, `loss` and `decode`; see heads/__init__.py.
     'centernet': 'detector.models.heads.centernet',

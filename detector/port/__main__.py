@@ -8,8 +8,9 @@ from absl import flags
 from detector import errors
 from detector import port
 
-flags.DEFINE_string('source', None, 'Where the weights come from: torchvision.')
-flags.DEFINE_string('arch', None, 'Architecture, e.g. resnet50.')
+flags.DEFINE_string('source', None, 'Where the weights come from: one of '
+                    f'{sorted(port.SOURCES)}.')
+flags.DEFINE_string('arch', None, 'Architecture in the source\'s naming, e.g. resnet50.')
 flags.DEFINE_string('input', None, 'Local checkpoint file (else the source '
                     'library downloads its default weights).')
 flags.DEFINE_string('output', None, 'The weights file to write (.npz).')

@@ -3,9 +3,15 @@
 Layout: one array per variable, keyed `<collection>/<module path>/<name>`
 (e.g. `params/stage2_block0/conv1/conv/kernel`, `batch_stats/stem/norm/mean`),
 in the Flax layout (conv kernels HWIO, dense kernels [in, out]), float32; and
-`__metadata__`, a JSON string: `arch`, `source`, the original file or model
-name, and the preprocessing the weights were trained with (`image_size`,
-`resize`, `mean`, `std` in 0-255 pixel units).
+`__metadata__`, a JSON string with
+  arch, source, origin: what was converted (`origin`: the file's base name or
+    the library call that downloaded it);
+  backbone, backbone_kwargs, num_classes, norm_epsilon: the model the
+    variables belong to, `detector.models.BACKBONES[backbone](**kwargs)`;
+  preprocessing: what the weights were trained with: `resize` (shorter side),
+    `image_size` (centre crop), `interpolation`, RGB `mean` and `std` in 0-255
+    pixel units;
+  labels: the names of the `num_classes` classes.
 """
 
 import json
