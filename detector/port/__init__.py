@@ -25,6 +25,9 @@ from detector.port import weights
 
 SOURCES = {
     'torchvision': 'detector.port.source_torchvision',
+    'timm': 'detector.port.source_timm',
+    'keras': 'detector.port.source_keras',
+    'efficientnet_lite': 'detector.port.source_efficientnet_lite',
 }
 
 IMAGENET_LABELS = os.path.join(os.path.dirname(__file__), 'imagenet_labels.txt')
