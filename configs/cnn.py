@@ -92,7 +92,9 @@ def get_config(arg=None):
       box_loss='giou', huber_delta=0.1, box_loss_weight=2.0,
       pre_nms_topk=1000))
   config.model.norm = 'batch_norm'    # batch_norm | frozen_batch_norm | sync_batch_norm
+  config.model.backbone_norm = ''     # The backbone's, when not `norm` ('' = norm).
   config.model.norm_momentum = 0.9
+  config.model.norm_epsilon = 1e-5
   config.model.dtype = 'float32'      # Compute dtype; parameters stay float32.
   config.model.pixel_mean = (123.675, 116.28, 103.53)
   config.model.pixel_std = (58.395, 57.12, 57.375)
@@ -112,6 +114,12 @@ def get_config(arg=None):
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
   config.optimizer.grad_clip_norm = 10.0  # Global-norm clipping; 0 disables.
+  config.optimizer.freeze_at = 0       # Freeze backbone levels <= this (1: stem).
+  config.optimizer.backbone_lr_mult = 1.0  # Backbone learning rate = peak * this.
+
+  # A file from `python -m detector.port` (ImageNet weights) for the backbone;
+  # used when the workdir has no checkpoint yet. '' starts from scratch.
+  config.init_from = ''
 
   config.ema_decay = 0.999            # EMA of the weights used for evaluation; 0: off.
   config.batch_size = 16              # Global, over all devices and processes.

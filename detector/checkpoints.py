@@ -5,19 +5,27 @@ Layout: `workdir/checkpoints/<step>/{state, meta}`; `state` is the whole
 with the step and the config it was written with. The position in the data is
 the step: the input pipeline is a pure function of (seed, step).
 
-Resume order (`restore_or_none` + the trainer): the latest checkpoint in the
-workdir, else a fresh initialisation (`config.init_from` joins this order
-with the ported backbones).
+Resume order (the trainer): (1) the latest checkpoint in the workdir, whole
+state; else (2) a fresh initialisation whose backbone is overwritten from
+`config.init_from`, a file converted by `python -m detector.port`
+(`resolve_init_from` checks it against the config first, `load_backbone`
+copies it); else (3) the fresh initialisation alone. A run started from
+`init_from` and interrupted therefore resumes from its checkpoint, never from
+the ImageNet weights again.
 """
 
+import collections
 import os
 from typing import Any, Optional
 
 from absl import logging
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from detector import errors
+from detector.port import weights as weights_lib
 
 
 class IncompatibleCheckpointError(errors.ConfigError):
@@ -93,3 +101,121 @@ def restore_or_none(mngr: ocp.CheckpointManager, abstract_state) -> Optional[Any
       state=ocp.args.StandardRestore(abstract_state)))
   logging.info('Resumed from checkpoint step %d in %s', step, mngr.directory)
   return restored['state']
+
+
+def resolve_init_from(config: ml_collections.ConfigDict,
+                      model_config: ml_collections.ConfigDict):
+  """Checks `config.init_from` against the model and fills what it decides.
+
+  The file's backbone and its settings (e.g. ResNet depth, EfficientNet
+  variant and padding) must equal the config's: anything else is a
+  ConfigError naming the key and the value to set. `model_config.norm_epsilon`
+  (None) and `pixel_mean` / `pixel_std` (empty) are taken from the file,
+  which records what the weights were trained with; values set explicitly and
+  different from the file's are kept, with a warning.
+
+  Args:
+    config: the experiment config (reads `init_from`).
+    model_config: an unlocked copy of `config.model`, updated in place.
+  """
+  path = config.init_from
+  if not path:
+    return
+  if not os.path.exists(path):
+    raise errors.ConfigError(f'config.init_from={path}: no such file (convert '
+                             'one with `python -m detector.port`)')
+  meta = weights_lib.load_metadata(path)
+  what = f'config.init_from={path} ({meta.get("arch")} from {meta.get("source")})'
+  if meta.get('backbone') != model_config.backbone:
+    raise errors.ConfigError(
+        f'{what} holds a {meta.get("backbone")!r} backbone but '
+        f'config.model.backbone={model_config.backbone!r}')
+  sub = model_config[model_config.backbone]
+  for key, value in meta.get('backbone_kwargs', {}).items():
+    here = sub.get(key, None)
+    if isinstance(here, (tuple, list)):
+      here = list(here)
+    if key not in sub or here != value:
+      raise errors.ConfigError(
+          f'{what} was converted with {key}={value!r} but '
+          f'config.model.{model_config.backbone}.{key}='
+          f'{sub.get(key, "<not set>")!r}; set '
+          f'--config.model.{model_config.backbone}.{key}={value}')
+  prep = meta['preprocessing']
+  for key, value in (('norm_epsilon', meta['norm_epsilon']),
+                     ('pixel_mean', tuple(prep['mean'])),
+                     ('pixel_std', tuple(prep['std']))):
+    here = model_config[key]
+    if here is None or (isinstance(here, tuple) and not here):
+      model_config[key] = value
+    elif not np.allclose(here, value):
+      logging.warning('config.model.%s=%s differs from %s, which was trained '
+                      'with %s; keeping the config\'s value.', key, here, what,
+                      value)
+
+
+def _groups(paths):
+  """{'params/stage2_block0/conv1/...'} -> sorted top-level module names."""
+  return sorted({p.split('/')[1] for p in paths})
+
+
+def load_backbone(state, path: str, key: str = 'backbone'):
+  """Returns `state` with `params[key]` and `batch_stats[key]` from `path`.
+
+  Every array the file shares with the backbone is copied (shapes must match:
+  a mismatch is a ConfigError naming the variable); the log lists the module
+  groups loaded, missing from the file (left as initialised) and in the file
+  but unused (e.g. an ImageNet classifier). The EMA, when kept, starts from
+  the loaded weights too.
+  """
+  variables, meta = weights_lib.load(path)
+  flat_file = weights_lib.flatten(variables)
+  target = {}
+  for collection in ('params', 'batch_stats'):
+    tree = getattr(state, collection).get(key, {})
+    for p, leaf in weights_lib.flatten({collection: tree}).items():
+      target[p] = leaf
+  loaded = {p for p in target if p in flat_file}
+  for p in sorted(loaded):
+    if tuple(flat_file[p].shape) != tuple(target[p].shape):
+      raise errors.ConfigError(
+          f'config.init_from={path}: {p} has shape {tuple(flat_file[p].shape)}'
+          f', the configured backbone needs {tuple(target[p].shape)}')
+  if not loaded:
+    raise errors.ConfigError(
+        f'config.init_from={path}: no variable of the file has a place in the '
+        f'configured backbone (file groups: {_groups(flat_file)[:8]}, '
+        f'backbone groups: {_groups(target)[:8]})')
+  missing = set(target) - loaded
+  unused = set(flat_file) - loaded
+  logging.info('init_from %s (%s from %s): loaded %d arrays in %d groups: %s',
+               path, meta.get('arch'), meta.get('source'), len(loaded),
+               len(_groups(loaded)), ', '.join(_groups(loaded)))
+  log = logging.warning if missing else logging.info
+  log('init_from: missing from the file (left as initialised): %s',
+      ', '.join(_groups(missing)) or 'none')
+  logging.info('init_from: in the file but unused: %s',
+               ', '.join(_groups(unused)) or 'none')
+  by_collection = collections.defaultdict(dict)
+  for p in loaded:
+    collection, rest = p.split('/', 1)
+    by_collection[collection][rest] = flat_file[p]
+
+  def put(collection, tree):
+    flat = weights_lib.flatten(tree)
+    new = {}
+    for p, leaf in flat.items():
+      value = by_collection[collection].get(p[len(key) + 1:]) if p.startswith(
+          key + '/') else None
+      new[p] = leaf if value is None else jax.device_put(
+          np.asarray(value, leaf.dtype), leaf.sharding)
+    return weights_lib.unflatten(new)
+
+  params = put('params', state.params)
+  batch_stats = put('batch_stats', state.batch_stats)
+  ema = state.ema
+  if ema is not None:
+    ema = {'params': put('params', ema['params']),
+           'batch_stats': put('batch_stats', ema['batch_stats'])}
+  return state.replace(params=params, batch_stats=batch_stats, ema=ema)
+

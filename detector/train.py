@@ -7,6 +7,7 @@ the batch is sharded over the mesh axis 'data' and the state is replicated,
 so XLA inserts the gradient all-reduce. The step compiles once per run.
 """
 
+import collections
 import dataclasses
 import functools
 import math
@@ -36,6 +37,7 @@ from detector import evaluate
 from detector import models
 from detector.data import pipeline
 from detector.models import detector as detector_lib
+from detector.models import layers
 
 # ---------------------------------------------------------------------------
 # Config checks: a user's mistake fails here, before anything expensive starts.
@@ -44,7 +46,7 @@ from detector.models import detector as detector_lib
 
 def required_stride(model_config: ml_collections.ConfigDict) -> int:
   """The largest stride in the model: image sizes must be multiples of it."""
-  levels = [5, model_config.fpn.max_level]
+  levels = [5, model_config[model_config.neck].max_level]
   if model_config.head == 'retinanet':
     levels.append(model_config.retinanet.max_level)
   return 2 ** max(levels)
@@ -77,6 +79,18 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
                      'adamw or sgd')
   detector_lib.compute_dtype(config.model)
   models.head_module(config.model.head)
+  if config.optimizer.freeze_at < 0:
+    raise errors.ConfigError(f'config.optimizer.freeze_at={config.optimizer.freeze_at}'
+                             ': expected 0 (nothing frozen) or a level >= 1')
+  if config.optimizer.backbone_lr_mult < 0:
+    raise errors.ConfigError('config.optimizer.backbone_lr_mult='
+                             f'{config.optimizer.backbone_lr_mult}: must be >= 0')
+  for key in ('norm', 'backbone_norm'):
+    kind = config.model[key]
+    if (kind or key == 'norm') and kind not in layers.NORM_KINDS:
+      raise errors.ConfigError(f'config.model.{key}={kind!r}: expected one of '
+                               f'{layers.NORM_KINDS}' +
+                               (" or '' (= norm)" if key != 'norm' else ''))
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f'.write_test_{jax.process_index()}')
@@ -114,19 +128,79 @@ def decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, total_steps: int):
+FROZEN, BACKBONE, TRAINED = 'frozen', 'backbone', 'trained'
+
+
+def needs_param_labels(config: ml_collections.ConfigDict) -> bool:
+  """Whether any parameter is frozen or has its own learning rate."""
+  m = config.model
+  return (config.optimizer.freeze_at > 0 or config.optimizer.backbone_lr_mult != 1
+          or 'frozen_batch_norm' in (m.norm, m.backbone_norm or m.norm))
+
+
+def param_labels(params, batch_stats, config: ml_collections.ConfigDict,
+                 levels: Dict[str, int]):
+  """A tree like `params` of FROZEN, BACKBONE or TRAINED.
+
+  FROZEN: backbone modules at or below level `optimizer.freeze_at` (see
+  `detector.backbone_levels`: 1 is the stem, 2 adds the stride-4 stage...),
+  and the scale and bias of every BatchNorm that is frozen_batch_norm (its
+  statistics are fixed by the norm itself). BACKBONE: the rest of the backbone
+  (learning rate times `optimizer.backbone_lr_mult`). TRAINED: neck and head.
+  """
+  m = config.model
+  frozen_norm = {'backbone': (m.backbone_norm or m.norm) == 'frozen_batch_norm',
+                 None: m.norm == 'frozen_batch_norm'}
+  norm_modules = {path[:-1] for path in
+                  flax.traverse_util.flatten_dict(batch_stats)}
+
+  def label(path, _):
+    path = tuple(_key(k) for k in path)
+    in_backbone = path[0] == 'backbone'
+    if frozen_norm['backbone' if in_backbone else None] and path[:-1] in norm_modules:
+      return FROZEN
+    if not in_backbone:
+      return TRAINED
+    level = levels.get(path[1]) if len(path) > 1 else None
+    if level is not None and level <= config.optimizer.freeze_at:
+      return FROZEN
+    return BACKBONE
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _key(k):
+  return getattr(k, 'key', getattr(k, 'name', k))
+
+
+def make_optimizer(config: ml_collections.ConfigDict, total_steps: int,
+                   labels=None):
+  """The optimizer and its learning-rate schedule.
+
+  With `labels` (a tree from `param_labels`), FROZEN parameters get no update
+  (and no optimizer state), BACKBONE ones the schedule times
+  `optimizer.backbone_lr_mult`: an optax.multi_transform.
+  """
   opt = config.optimizer
   schedule = learning_rate_schedule(config, total_steps)
+
+  def update_rule(lr):
+    if opt.name == 'adamw':
+      return optax.adamw(lr, b1=opt.b1, b2=opt.b2,
+                         weight_decay=opt.weight_decay, mask=decay_mask)
+    return optax.chain(
+        optax.add_decayed_weights(opt.weight_decay, mask=decay_mask),
+        optax.sgd(lr, momentum=opt.momentum, nesterov=opt.nesterov))
   parts = []
   if opt.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
-  if opt.name == 'adamw':
-    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2,
-                             weight_decay=opt.weight_decay, mask=decay_mask))
+  if labels is None:
+    parts.append(update_rule(schedule))
   else:
-    parts.append(optax.add_decayed_weights(opt.weight_decay, mask=decay_mask))
-    parts.append(optax.sgd(schedule, momentum=opt.momentum,
-                           nesterov=opt.nesterov))
+    mult = opt.backbone_lr_mult
+    parts.append(optax.multi_transform(
+        {TRAINED: update_rule(schedule),
+         BACKBONE: update_rule(lambda step: schedule(step) * mult),
+         FROZEN: optax.set_to_zero()}, labels))
   return optax.chain(*parts), schedule
 
 # ---------------------------------------------------------------------------
@@ -184,15 +258,24 @@ TRAIN_KEYS = ('image', 'boxes', 'labels', 'box_mask')
 
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
-               head, model_config, schedule, ema_decay=0.0
+               head, model_config, schedule, ema_decay=0.0, labels=None
                ) -> Tuple[TrainState, Dict]:
-  """One optimisation step on a global batch; returns the state and metrics."""
-  rng, _ = jax.random.split(state.rng)  # Reserved for stochastic layers.
+  """One optimisation step on a global batch; returns the state and metrics.
+
+  `labels` (see `param_labels`) marks frozen parameters: they enter the
+  forward pass through stop_gradient, so XLA does not compute their
+  gradients at all (the backward pass stops at the first trained layer).
+  """
+  rng, dropout_rng = jax.random.split(state.rng)
 
   def loss_fn(params):
+    if labels is not None:
+      params = jax.tree_util.tree_map(
+          lambda p, l: jax.lax.stop_gradient(p) if l == FROZEN else p,
+          params, labels)
     outputs, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-        mutable=['batch_stats'])
+        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
     loss, parts = head.loss(outputs, batch, model_config)
     return loss, (parts, updates['batch_stats'])
 
@@ -239,6 +322,7 @@ class Setup:
   abstract_state: Any          # ShapeDtypeStructs carrying the state shardings.
   state_sharding: Any
   init_fn: Callable            # Jitted rng -> TrainState, already sharded.
+  labels: Any = None           # param_labels tree, None when nothing is frozen.
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
@@ -262,6 +346,7 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
   mesh = Mesh(np.array(devices or jax.devices()), ('data',))
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
+    checkpoints.resolve_init_from(config, model_config)
     if model_config.num_classes == -1:
       model_config.num_classes = len(class_names)
     elif model_config.num_classes != len(class_names):
@@ -276,9 +361,23 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
   with eval_model_config.unlocked():
     eval_model_config.image_size = tuple(config.eval_image_size)
   eval_model_config.lock()
-  tx, schedule = make_optimizer(config, total_steps)
   train_model = detector_lib.build(model_config, train=True)
   eval_model = detector_lib.build(model_config, train=False)
+  labels = None
+  if needs_param_labels(config):
+    h, w = config.image_size
+    abstract = jax.eval_shape(train_model.init, jax.random.PRNGKey(0),
+                              jnp.zeros((1, h, w, 3), jnp.uint8))
+    labels = param_labels(abstract['params'], abstract.get('batch_stats', {}),
+                          config, detector_lib.backbone_levels(model_config))
+    counts = collections.Counter()
+    for l, p in zip(jax.tree_util.tree_leaves(labels),
+                    jax.tree_util.tree_leaves(abstract['params'])):
+      counts[l] += int(np.prod(p.shape))
+    logging.info('Parameters frozen: %d, backbone (lr x %g): %d, neck and '
+                 'head: %d.', counts[FROZEN], config.optimizer.backbone_lr_mult,
+                 counts[BACKBONE], counts[TRAINED])
+  tx, schedule = make_optimizer(config, total_steps, labels)
   replicated = NamedSharding(mesh, P())
   init_fn = jax.jit(functools.partial(create_state, train_model, tx, config),
                     out_shardings=replicated)
@@ -293,7 +392,7 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
                eval_model=eval_model, tx=tx, schedule=schedule,
                total_steps=total_steps, ema_decay=config.ema_decay,
                abstract_state=abstract_state,
-               state_sharding=state_sharding, init_fn=init_fn)
+               state_sharding=state_sharding, init_fn=init_fn, labels=labels)
 
 
 def make_train_step(s: Setup):
@@ -302,7 +401,7 @@ def make_train_step(s: Setup):
   return jax.jit(
       functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,
                         model_config=s.model_config, schedule=s.schedule,
-                        ema_decay=s.ema_decay),
+                        ema_decay=s.ema_decay, labels=s.labels),
       in_shardings=(s.state_sharding, NamedSharding(s.mesh, P('data'))),
       out_shardings=(s.state_sharding, NamedSharding(s.mesh, P())),
       donate_argnums=0)
@@ -355,11 +454,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   mngr = checkpoints.manager(workdir, config.keep_checkpoints,
                              config.checkpoint_every_steps)
 
+  # Resume order: checkpoint in the workdir -> config.init_from -> scratch.
   state = checkpoints.restore_or_none(mngr, s.abstract_state)
   if state is None:
-    logging.info('No checkpoint in %s: initialising from scratch (seed %d).',
-                 mngr.directory, config.seed)
     state = s.init_fn(jax.random.PRNGKey(config.seed))
+    if config.init_from:
+      logging.info('No checkpoint in %s: backbone from %s, the rest '
+                   'initialised (seed %d).', mngr.directory, config.init_from,
+                   config.seed)
+      state = checkpoints.load_backbone(state, config.init_from)
+    else:
+      logging.info('No checkpoint in %s: initialising from scratch (seed %d).',
+                   mngr.directory, config.seed)
   start = int(state.step)
   parameter_overview.log_parameter_overview(state.params)
   if start >= s.total_steps:

@@ -6,7 +6,8 @@ uint8 (or float) RGB [B, H, W, 3] in [0, 255]; the module normalises them, so
 callers never handle float images and the host-to-device copy stays small.
 """
 
-from typing import Any, Sequence
+import math
+from typing import Any, Dict, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,7 +28,7 @@ class Detector(nn.Module):
   backbone: nn.Module
   neck: nn.Module
   head: nn.Module
-  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53)
+  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53)  # ImageNet's.
   pixel_std: Sequence[float] = (58.395, 57.12, 57.375)
   dtype: Any = jnp.float32
 
@@ -47,17 +48,39 @@ def compute_dtype(config: ml_collections.ConfigDict):
   return DTYPES[config.dtype]
 
 
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def _norm(config: ml_collections.ConfigDict, kind: str, train: bool, dtype):
+  epsilon = config.norm_epsilon if config.norm_epsilon is not None else 1e-5
+  return layers.make_norm(kind, train=train, dtype=dtype,
+                          momentum=config.norm_momentum, epsilon=epsilon,
+                          axis_name='data')
+
+
+def build_backbone(config: ml_collections.ConfigDict, train: bool) -> nn.Module:
+  """The backbone alone, as `build` makes it (norm: `backbone_norm` or `norm`)."""
+  dtype = compute_dtype(config)
+  cls = models.backbone_class(config.backbone)
+  kwargs = config[config.backbone].to_dict()
+  if 'deterministic' in cls.__dataclass_fields__:  # Dropout / stochastic depth.
+    kwargs['deterministic'] = not train
+  return cls(norm=_norm(config, config.backbone_norm or config.norm, train, dtype),
+             dtype=dtype, **kwargs)
+
+
 def build(config: ml_collections.ConfigDict, train: bool) -> Detector:
   """Builds the detector described by `config.model` (a locked ConfigDict).
 
   Reads `backbone`, `neck`, `head` (names) and the sub-configs of the same
-  names for their keyword arguments, plus `norm`, `dtype` and `num_classes`.
+  names for their keyword arguments, plus `norm` (neck and head; the backbone
+  uses `backbone_norm` when set), `norm_epsilon`, `dtype`, `num_classes` and
+  `pixel_mean` / `pixel_std` (empty: ImageNet's).
   """
   dtype = compute_dtype(config)
-  norm = layers.make_norm(config.norm, train=train, dtype=dtype,
-                          momentum=config.norm_momentum, axis_name='data')
-  backbone = models.backbone_class(config.backbone)(
-      norm=norm, dtype=dtype, **config[config.backbone].to_dict())
+  norm = _norm(config, config.norm, train, dtype)
+  backbone = build_backbone(config, train)
   neck_kwargs = config[config.neck].to_dict()
   neck_norm = norm if neck_kwargs.pop('use_norm', False) else None
   neck = models.neck_class(config.neck)(norm=neck_norm, dtype=dtype,
@@ -72,8 +95,33 @@ def build(config: ml_collections.ConfigDict, train: bool) -> Detector:
   head = models.head_module(config.head).Head(
       num_classes=config.num_classes, norm=head_norm, dtype=dtype, **head_kwargs)
   return Detector(backbone=backbone, neck=neck, head=head,
-                  pixel_mean=tuple(config.pixel_mean),
-                  pixel_std=tuple(config.pixel_std), dtype=dtype)
+                  pixel_mean=tuple(config.pixel_mean or IMAGENET_MEAN),
+                  pixel_std=tuple(config.pixel_std or IMAGENET_STD), dtype=dtype)
+
+
+def backbone_levels(config: ml_collections.ConfigDict) -> Dict[str, int]:
+  """{top-level backbone module name: log2 of its output stride}.
+
+  Found by tracing the backbone's shapes (no compute), so it holds for any
+  backbone: the stem of a ResNet is level 1, its `stage3_*` blocks level 3.
+  `optimizer.freeze_at` freezes the modules at or below a level.
+  """
+  backbone = build_backbone(config, train=False)
+  size = 2 ** 7
+  x = jnp.zeros((1, size, size, 3), compute_dtype(config))
+
+  def trace():
+    _, variables = backbone.init_with_output(
+        jax.random.PRNGKey(0), x,
+        capture_intermediates=lambda m, method: (len(m.path) == 1
+                                                 and method == '__call__'))
+    return variables['intermediates']
+  levels = {}
+  for name, outputs in jax.eval_shape(trace).items():
+    shape = jax.tree_util.tree_leaves(outputs)[0].shape
+    if len(shape) == 4:  # Feature maps; the classifier's logits have no level.
+      levels[name] = int(round(math.log2(size / shape[1])))
+  return levels
 
 
 def postprocess(decoded, config: ml_collections.ConfigDict, image_size):

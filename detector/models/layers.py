@@ -14,6 +14,7 @@ from detector import errors
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
+NORM_KINDS = ('batch_norm', 'frozen_batch_norm', 'sync_batch_norm')
 
 
 def make_norm(kind: str, train: bool, dtype: Dtype = jnp.float32,
@@ -31,7 +32,7 @@ def make_norm(kind: str, train: bool, dtype: Dtype = jnp.float32,
     train: whether the model runs in training mode.
     dtype: compute dtype; parameters stay float32.
   """
-  if kind not in ('batch_norm', 'frozen_batch_norm', 'sync_batch_norm'):
+  if kind not in NORM_KINDS:
     raise errors.ConfigError(f'config.model.norm={kind!r}: expected batch_norm, '
                      'frozen_batch_norm or sync_batch_norm')
   use_running_average = (not train) or kind == 'frozen_batch_norm'

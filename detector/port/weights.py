@@ -42,6 +42,18 @@ def save(path: str, variables: Dict[str, Any], metadata: Dict[str, Any]):
     np.savez(f, **flat)
 
 
+def load_metadata(path: str) -> Dict[str, Any]:
+  """Only the metadata of a weights file (the arrays are not read)."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      if METADATA_KEY not in data.files:
+        raise errors.ConfigError(f'{path}: no {METADATA_KEY} entry; not a file '
+                                 'written by `python -m detector.port`')
+      return json.loads(str(data[METADATA_KEY]))
+  except (OSError, ValueError) as e:
+    raise errors.ConfigError(f'{path}: not a detector weights file ({e})') from None
+
+
 def load(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
   """Returns (variables, metadata) from a file written by `save`."""
   try:
