@@ -1,0 +1,277 @@
+"""keras.applications ImageNet classifiers -> our backbones.
+
+Files are read with h5py alone (no Keras or TensorFlow import), in either
+format `model.load_weights` accepts:
+  Keras 3 `.weights.h5` (`model.save_weights`; also inside a `.keras` zip as
+    `model.weights.h5`): one group per layer, `layers/<key>/vars/<i>`, where
+    <key> is the layer's class in snake case made unique (`conv2d_16`,
+    `batch_normalization_3`; nested models nest `layers/<key>/layers/...`),
+    the `vars` group's attribute `name` is the layer's name, and the datasets
+    `0..n-1` are its variables by position; `_KERAS3_VARIABLES` names the
+    positions per class from each class's `save_own_variables` (keras 3.15).
+  legacy HDF5 (Keras 2, and the downloadable keras.applications ImageNet
+    files such as resnet50_weights_tf_dim_ordering_tf_kernels.h5; Keras 3
+    still writes it through `legacy_h5_format.save_weights_to_hdf5_group`):
+    root attribute `layer_names` (under a `model_weights` group in a whole
+    saved model; split into `layer_names0`, `layer_names1`, ... when long),
+    per layer a group with attribute `weight_names` ('conv1_conv/kernel:0' in
+    Keras 2, 'conv1_conv/kernel' from Keras 3) naming datasets inside it.
+Either way a tensor is named '<layer name>/<variable name>', e.g.
+'conv1_conv/kernel', 'conv1_bn/moving_mean', 'predictions/bias'.
+
+Keras kernels are already in the Flax layout (conv HWIO, dense [in, out]);
+only depthwise kernels [kh, kw, C, 1] become [kh, kw, 1, C].
+
+ResNets (`ResNet50/101/152`, keras.applications naming -> ours):
+  conv1_conv, conv1_bn                   -> stem/{conv, norm}
+  conv{s}_block{b}_{k}_conv, _{k}_bn     -> stage{s}_block{b-1}/conv{k}/{conv, norm}
+  conv{s}_block{b}_0_conv, _0_bn         -> stage{s}_block{b-1}/downsample/...
+  predictions                            -> classifier
+They are the original (Caffe) ResNet: v1, with the stride in the first 1x1 of
+a bottleneck, and a bias in every conv (`stride_in_1x1`, `conv_bias` of our
+ResNet); BatchNorm epsilon 1.001e-5 (keras/src/applications/resnet.py).
+BatchNorm gamma/beta/moving_mean/moving_variance become scale/bias/mean/var.
+
+Preprocessing: Keras ResNets take 'caffe' input (`resnet50.preprocess_input`):
+BGR channel order, the BGR mean [103.939, 116.779, 123.68] subtracted, no
+scaling. Our models take RGB, so the conversion reverses the input-channel
+axis of the first conv kernel: the converted model takes RGB pixels minus the
+RGB mean [123.68, 116.779, 103.939], std [1, 1, 1], as the metadata records,
+and computes exactly what Keras computes on the same image. Keras prescribes
+no resize or crop (its examples resize straight to 224); the metadata records
+the original ResNet evaluation's shorter side 256 and centre crop 224.
+"""
+
+import io
+import os
+import re
+import zipfile
+from typing import Dict
+
+import numpy as np
+
+from detector import errors
+from detector.port import common
+
+# RGB order; Keras lists it as BGR [103.939, 116.779, 123.68].
+_CAFFE_MEAN = (123.68, 116.779, 103.939)
+
+ARCHS: Dict[str, common.Spec] = {
+    f'ResNet{d}': common.Spec(
+        'resnet', dict(depth=d, stride_in_1x1=True, conv_bias=True), 1.001e-5,
+        common.preprocessing(224, 256, mean=_CAFFE_MEAN, std=(1.0, 1.0, 1.0)))
+    for d in (50, 101, 152)}
+
+# Architectures trained on BGR input: their first conv's input channels are
+# reversed so that the converted model takes RGB.
+_BGR_INPUT = {'ResNet50', 'ResNet101', 'ResNet152'}
+
+# Keras 3 `.weights.h5`: layer class (snake case) -> its variables' names in
+# the order `save_own_variables` stores them (trainable then non-trainable, in
+# creation order; convs and dense skip the bias when use_bias=False).
+_KERAS3_VARIABLES = {
+    'conv2d': ('kernel', 'bias'),
+    'depthwise_conv2d': ('kernel', 'bias'),
+    'dense': ('kernel', 'bias'),
+    # Exactly four, or positions are ambiguous (scale/center=False drop one).
+    'batch_normalization': ('gamma', 'beta', 'moving_mean', 'moving_variance'),
+    'normalization': ('mean', 'variance', 'count'),
+}
+_EXACT_COUNT = {'batch_normalization', 'normalization'}
+
+
+def _text(value) -> str:
+  return value.decode('utf8') if isinstance(value, bytes) else str(value)
+
+
+def _tensor_name(layer: str, weight: str) -> str:
+  """'<layer>/<variable>' from a Keras weight name, dropping any ':0' and
+  scopes ('resnet50/conv1_conv/kernel:0' in a nested model -> 'conv1_conv/
+  kernel'); a bare variable name gets `layer` as its scope."""
+  parts = weight.split(':')[0].split('/')
+  return '/'.join(parts[-2:]) if len(parts) > 1 else f'{layer}/{parts[0]}'
+
+
+def _attribute_list(group, name):
+  """An HDF5 list attribute as Keras writes it, whole or in chunks name0..."""
+  if name in group.attrs:
+    return [_text(v) for v in group.attrs[name]]
+  values, chunk = [], 0
+  while f'{name}{chunk}' in group.attrs:
+    values += [_text(v) for v in group.attrs[f'{name}{chunk}']]
+    chunk += 1
+  return values
+
+
+def _add(tensors, name, value, path):
+  if name in tensors:
+    raise errors.ConfigError(f'--input={path}: two variables named {name}')
+  tensors[name] = np.asarray(value, np.float32)
+
+
+def _read_legacy(group, path) -> Dict[str, np.ndarray]:
+  tensors = {}
+  for layer in _attribute_list(group, 'layer_names'):
+    if layer not in group:
+      raise errors.ConfigError(f'--input={path}: layer {layer} is listed but '
+                               'has no group; the file is damaged')
+    for weight in _attribute_list(group[layer], 'weight_names'):
+      if weight not in group[layer]:
+        raise errors.ConfigError(f'--input={path}: {layer}/{weight} is listed '
+                                 'but missing; the file is damaged')
+      _add(tensors, _tensor_name(layer, weight), group[layer][weight][()], path)
+  return tensors
+
+
+def _read_keras3(root, path) -> Dict[str, np.ndarray]:
+  groups = []
+
+  def collect(key, obj):  # Layers' variables; not the optimizer's.
+    if key.startswith('layers/') and key.endswith('/vars'):
+      groups.append((key, obj))
+
+  root.visititems(collect)
+  tensors = {}
+  for key, group in groups:
+    if not len(group):  # pylint: disable=g-explicit-length-test
+      continue  # A layer without variables (activation, padding, ...).
+    kind = re.sub(r'_\d+$', '', key.split('/')[-2])
+    if 'name' not in group.attrs:
+      raise errors.ConfigError(
+          f'--input={path}: {key} does not record its layer name (written by '
+          'an older Keras 3?); re-save it with a newer Keras, or in the '
+          'legacy .h5 format')
+    layer = _text(group.attrs['name'])
+    names = _KERAS3_VARIABLES.get(kind)
+    count = len(group)
+    if (names is None or count > len(names) or
+        (kind in _EXACT_COUNT and count != len(names))):
+      raise errors.ConfigError(
+          f'--input={path}: layer {layer} ({kind}) holds {count} variables; '
+          f'this reader knows the variables of {sorted(_KERAS3_VARIABLES)} '
+          '(BatchNormalization only with scale and center)')
+    for i in range(count):
+      if str(i) not in group:
+        raise errors.ConfigError(f'--input={path}: {key}/{i} is missing')
+      _add(tensors, f'{layer}/{names[i]}', group[str(i)][()], path)
+  return tensors
+
+
+def _read_h5(f, path) -> Dict[str, np.ndarray]:
+  group = f
+  if not _attribute_list(f, 'layer_names') and 'model_weights' in f:
+    group = f['model_weights']  # A whole model saved by Keras 2.
+  if _attribute_list(group, 'layer_names'):
+    return _read_legacy(group, path)
+  if 'layers' in f:
+    return _read_keras3(f, path)
+  raise errors.ConfigError(f'--input={path}: an HDF5 file but not Keras '
+                           'weights (no layer_names attribute, no layers '
+                           'group)')
+
+
+def read(path: str) -> Dict[str, np.ndarray]:
+  """A Keras weights file (see the module docstring) as {name: array}."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(path):
+    raise errors.ConfigError(f'--input={path}: no such file')
+  source = path
+  if zipfile.is_zipfile(path):  # A `.keras` archive.
+    with zipfile.ZipFile(path) as archive:
+      if 'model.weights.h5' not in archive.namelist():
+        raise errors.ConfigError(f'--input={path}: a zip without '
+                                 'model.weights.h5, not a .keras file')
+      source = io.BytesIO(archive.read('model.weights.h5'))
+  try:
+    with h5py.File(source, 'r') as f:
+      tensors = _read_h5(f, path)
+  except errors.ConfigError:
+    raise
+  except (OSError, KeyError, RuntimeError, ValueError) as e:
+    raise errors.ConfigError(
+        f'--input={path}: not a readable HDF5 file (truncated or another '
+        f'format? {type(e).__name__}: {str(e)[:200]})') from None
+  if not tensors:
+    raise errors.ConfigError(f'--input={path}: holds no weights')
+  return tensors
+
+
+def model_tensors(model) -> Dict[str, np.ndarray]:
+  """A built Keras model's variables, named as `read` names them."""
+  import keras  # pylint: disable=g-import-not-at-top
+  tensors = {}
+  for layer in model.layers:
+    for variable in layer.weights:
+      _add(tensors, _tensor_name(layer.name, variable.name),
+           keras.ops.convert_to_numpy(variable), model.name)
+  return tensors
+
+
+def download(arch: str):
+  """keras.applications' ImageNet weights for `arch` (needs internet)."""
+  import keras  # pylint: disable=g-import-not-at-top
+  model = getattr(keras.applications, arch)(weights='imagenet')
+  return model_tensors(model), f'keras.applications.{arch}(weights="imagenet")'
+
+
+class _ReversedInputChannels(str):
+  """A target path whose kernel `layout` gives reversed input channels.
+
+  `common.convert` hands `layout` the path `target` returned, so marking the
+  path carries the per-architecture BGR -> RGB decision from `target` (which
+  knows the arch) to `layout` (which does not).
+  """
+
+
+def layout(array: np.ndarray, path: str) -> np.ndarray:
+  """Keras -> Flax: identity but for depthwise kernels and BGR first convs."""
+  if path.endswith('depthwise/conv/kernel') and array.ndim == 4:
+    array = array.transpose(0, 1, 3, 2)  # [kh, kw, C, 1] -> [kh, kw, 1, C].
+  if isinstance(path, _ReversedInputChannels):
+    array = array[:, :, ::-1, :]
+  return array
+
+
+_BN = {'gamma': ('params', 'scale'), 'beta': ('params', 'bias'),
+       'moving_mean': ('batch_stats', 'mean'),
+       'moving_variance': ('batch_stats', 'var')}
+
+
+def conv_or_norm(base: str, kind: str, field: str):
+  """A Conv2D ('conv') or BatchNormalization ('bn') variable of the
+  ConvNormAct at `base`."""
+  if kind == 'conv':
+    if field in ('kernel', 'bias'):
+      return 'params', f'{base}/conv/{field}'
+    return common.BAD
+  if field in _BN:
+    return _BN[field][0], f'{base}/norm/{_BN[field][1]}'
+  return common.BAD
+
+
+def resnet_target(name: str):
+  """keras.applications ResNet tensor name -> (collection, path) or BAD."""
+  m = re.fullmatch(r'conv1_(conv|bn)/(\w+)', name)
+  if m:
+    return conv_or_norm('stem', *m.groups())
+  m = re.fullmatch(r'conv(\d)_block(\d+)_(\d)_(conv|bn)/(\w+)', name)
+  if m:
+    stage, block, k, kind, field = m.groups()
+    part = 'downsample' if k == '0' else f'conv{k}'
+    return conv_or_norm(f'stage{stage}_block{int(block) - 1}/{part}', kind,
+                        field)
+  m = re.fullmatch(r'predictions/(kernel|bias)', name)
+  if m:
+    return 'params', f'classifier/{m.group(1)}'
+  return common.BAD
+
+
+def target(name: str, arch: str):
+  spec = ARCHS[arch]
+  if spec.backbone == 'resnet':
+    where = resnet_target(name)
+  else:
+    raise AssertionError(spec.backbone)
+  if arch in _BGR_INPUT and name == 'conv1_conv/kernel':
+    where = where[0], _ReversedInputChannels(where[1])
+  return where
