@@ -1,0 +1,107 @@
+"""The settings every detection config shares; each config changes what differs.
+
+`detection_config()` returns an unlocked ConfigDict: the data, input
+pipeline, heads, optimizer and loop settings of the default job
+(`configs/cnn.py`), without a backbone. A config file sets
+`config.model.backbone` and the sub-config of the same name, changes what it
+needs and returns `config.lock()`.
+"""
+
+import ml_collections
+
+
+def detection_config() -> ml_collections.ConfigDict:
+  """The shared defaults (unlocked; `model.backbone` still to be set)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Training sees random (height, width) crops of image_size, cut from images
+  # resized to fit eval_image_size (times the scale jitter), so objects have
+  # the size at which they are evaluated while a step costs what a smaller
+  # input costs. Evaluation runs on whole images resized and padded to
+  # eval_image_size. Set both equal to train on whole images.
+  config.image_size = (96, 96)
+  config.eval_image_size = (128, 128)
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = 'shapes'      # TFDS name, e.g. 'shapes', 'shapes/tiny'.
+  config.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.dataset.train_split = 'train'
+  config.dataset.eval_split = 'validation'   # Evaluated and drawn in TensorBoard.
+  config.dataset.test_split = 'test'         # Written to workdir/eval/*_test.json.
+
+  config.input = ml_collections.ConfigDict()
+  config.input.image_size = config.get_ref('image_size')
+  config.input.eval_image_size = config.get_ref('eval_image_size')
+  config.input.max_boxes = 16         # Ground truth padded/cut to this many boxes.
+  config.input.hflip = True
+  config.input.scale_jitter = (0.75, 1.25)  # Scale multiplier range; (1, 1) disables.
+  config.input.min_visible_fraction = 0.3   # Boxes cut more than this by a crop are dropped.
+  config.input.shuffle_buffer = 10_000
+  config.input.cache = True           # Keep decoded training images in memory.
+  config.input.prefetch = 2           # Batches prepared ahead on the host.
+  config.input.num_threads = 2        # tf.data worker threads (they share the CPU with XLA).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.image_size = config.get_ref('image_size')
+  config.model.num_classes = -1       # -1: from the dataset's metadata.
+  # Each config sets `backbone` and a sub-config of that name (its module's
+  # keyword arguments): config.model.backbone = 'cnn'; config.model.cnn = ...
+  config.model.backbone = ''
+  config.model.neck = 'fpn'
+  config.model.fpn = ml_collections.ConfigDict(dict(
+      min_level=2, max_level=5, width=64, use_norm=True))
+  config.model.head = 'centernet'     # 'centernet' or 'retinanet'.
+  config.model.centernet = ml_collections.ConfigDict(dict(
+      level=2, width=64, num_convs=1, shared_convs=True, output_kernel=1,
+      use_norm=True, prior_prob=0.01,
+      box_scale=16.0, gaussian_alpha=0.54, box_loss_weight=5.0, topk=100))
+  config.model.retinanet = ml_collections.ConfigDict(dict(
+      min_level=2, max_level=5, num_scales=3, aspect_ratios=(0.5, 1.0, 2.0),
+      anchor_scale=3.0, width=64, num_convs=2, prior_prob=0.01,
+      positive_iou=0.5, negative_iou=0.4, focal_alpha=0.25, focal_gamma=2.0,
+      box_loss='giou', huber_delta=0.1, box_loss_weight=2.0,
+      pre_nms_topk=1000))
+  config.model.norm = 'batch_norm'    # batch_norm | frozen_batch_norm | sync_batch_norm
+  config.model.backbone_norm = ''     # The backbone's, when not `norm` ('' = norm).
+  config.model.norm_momentum = 0.9
+  # None: the epsilon `init_from`'s weights were trained with, else 1e-5.
+  config.model.norm_epsilon = ml_collections.FieldReference(None, field_type=float)
+  config.model.dtype = 'float32'      # Compute dtype; parameters stay float32.
+  # RGB, 0-255 units. Empty: what `init_from`'s weights were trained with,
+  # else ImageNet's (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375).
+  config.model.pixel_mean = ()
+  config.model.pixel_std = ()
+  config.model.score_threshold = 0.05  # Detections below are not kept.
+  config.model.nms_iou_threshold = 0.5
+  config.model.max_detections = 100
+  config.model.flip_test = True       # Also run mirrored images at evaluation, average.
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'adamw'     # 'adamw' or 'sgd' (momentum).
+  config.optimizer.learning_rate = 3e-3  # Peak, reached after warm-up.
+  config.optimizer.warmup_steps = 400
+  config.optimizer.end_learning_rate_factor = 0.01  # Cosine decays to peak * this.
+  config.optimizer.weight_decay = 5e-4   # Not applied to norm scales and biases.
+  config.optimizer.momentum = 0.9      # SGD momentum.
+  config.optimizer.nesterov = True
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.999
+  config.optimizer.grad_clip_norm = 10.0  # Global-norm clipping; 0 disables.
+  config.optimizer.freeze_at = 0       # Freeze backbone levels <= this (1: stem).
+  config.optimizer.backbone_lr_mult = 1.0  # Backbone learning rate = peak * this.
+
+  # A file from `python -m detector.port` (ImageNet weights) for the backbone;
+  # used when the workdir has no checkpoint yet. '' starts from scratch.
+  config.init_from = ''
+
+  config.ema_decay = 0.999            # EMA of the weights used for evaluation; 0: off.
+  config.batch_size = 16              # Global, over all devices and processes.
+  config.num_train_steps = 2300       # Or set num_epochs (> 0), which wins.
+  config.num_epochs = ml_collections.FieldReference(None, field_type=float)
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 3
+  config.eval_batch_size = 64
+  config.num_images_to_draw = 6       # Validation images drawn in TensorBoard.
+  config.prf_score_threshold = 0.3    # Precision/recall/F1 operating point.
+  return config
