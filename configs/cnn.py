@@ -49,10 +49,7 @@ def get_config(arg=None):
       stem_width=24, widths=(32, 64, 128, 192), depths=(1, 2, 2, 1),
       stem='conv', downsample='conv'))
   if arg == 'tiny':
-    config.dataset.name = 'shapes/tiny'
-    config.image_size = (64, 64)
-    config.eval_image_size = (64, 64)
-    config.input.shuffle_buffer = 64
+    common.make_tiny(config, image_size=64)
     config.model.cnn.stem_width = 8
     config.model.cnn.widths = (8, 16, 16, 16)
     config.model.cnn.depths = (1, 1, 1, 1)
@@ -61,15 +58,4 @@ def get_config(arg=None):
     config.model.retinanet.width = 16
     config.model.retinanet.min_level = 3
     config.model.retinanet.pre_nms_topk = 200
-    config.optimizer.warmup_steps = 2
-    config.ema_decay = 0.0  # Six steps are too few for an average to mean much.
-    # After six steps scores sit near the 0.01 prior: keep them, so that the
-    # evaluation files of a smoke run are not empty.
-    config.model.score_threshold = 0.001
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.num_train_steps = 6
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 3
-    config.num_images_to_draw = 2
   return config.lock()
