@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _reference(arch, seed, tmp_path):
   subprocess.run([sys.executable, os.path.join(HERE, 'torch_reference.py'),
-                  arch, str(seed), str(tmp_path)], check=True)
+                  'torchvision', arch, str(seed), str(tmp_path)], check=True)
   return np.load(tmp_path / 'expected.npz')
 
 

@@ -5,6 +5,15 @@ ResNets (`resnet18/34/50/101/152`, v1.5) map one to one (torchvision -> ours):
   layer{s}.{j}.conv{k}, .bn{k}        -> stage{s+1}_block{j}/conv{k}/{conv, norm}
   layer{s}.{j}.downsample.{0, 1}      -> stage{s+1}_block{j}/downsample/{conv, norm}
   fc                                  -> classifier
+EfficientNets (`efficientnet_b0..b7`; symmetric padding) likewise:
+  features.0.{0, 1}                   -> stem/{conv, norm}
+  features.{s}.{j}.block.{k}.{0, 1}   -> stage{s}_block{j}/{expand, depthwise,
+                                         project}/{conv, norm}
+  features.{s}.{j}.block.{k}.fc{1, 2} -> stage{s}_block{j}/se/{reduce, expand}
+  features.8.{0, 1}                   -> head/{conv, norm}
+  classifier.1                        -> classifier
+where block k counts expand (absent in stage 1, whose expansion is 1),
+depthwise, SE, project.
 BatchNorm weight/bias/running_mean/running_var become scale/bias/mean/var;
 `num_batches_tracked` carries nothing and is skipped.
 """
@@ -23,6 +32,27 @@ ARCHS: Dict[str, common.Spec] = {
     f'resnet{d}': common.Spec('resnet', dict(depth=d), 1e-5,
                               _RESNET_PREPROCESSING)
     for d in (18, 34, 50, 101, 152)}
+
+# torchvision/models/efficientnet.py (0.29): the DEFAULT weights' transforms
+# (crop_size, resize_size, interpolation; ImageNet mean/std), and the BatchNorm
+# eps: b0-b4 use nn.BatchNorm2d's default 1e-5 (weights trained in PyTorch by
+# timm), b5-b7 pass eps=0.001 (weights ported from TensorFlow). b1's DEFAULT
+# is IMAGENET1K_V2 (240 / 255 bilinear; V1 was 240 / 256 bicubic).
+_EFFICIENTNET = {  # variant: (crop, resize, interpolation, eps)
+    'b0': (224, 256, 'bicubic', 1e-5),
+    'b1': (240, 255, 'bilinear', 1e-5),
+    'b2': (288, 288, 'bicubic', 1e-5),
+    'b3': (300, 320, 'bicubic', 1e-5),
+    'b4': (380, 384, 'bicubic', 1e-5),
+    'b5': (456, 456, 'bicubic', 1e-3),
+    'b6': (528, 528, 'bicubic', 1e-3),
+    'b7': (600, 600, 'bicubic', 1e-3),
+}
+ARCHS.update({
+    f'efficientnet_{v}': common.Spec(
+        'efficientnet', dict(variant=v, padding='symmetric'), eps,
+        common.preprocessing(crop, resize, interpolation))
+    for v, (crop, resize, interpolation, eps) in _EFFICIENTNET.items()})
 
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
        'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
@@ -71,8 +101,42 @@ def resnet_target(name: str):
   return common.BAD
 
 
+def efficientnet_target(name: str):
+  """torchvision EfficientNet tensor name -> (collection, path), None or BAD."""
+  if name.endswith('num_batches_tracked'):
+    return None
+  m = re.fullmatch(r'features\.(0|8)\.([01])\.(\w+)', name)
+  if m:
+    base = 'stem' if m.group(1) == '0' else 'head'
+    return conv_or_norm(base, m.group(2) == '0', m.group(3))
+  m = re.fullmatch(r'features\.([1-7])\.(\d+)\.block\.(\d)\.(0|1|fc1|fc2)\.(\w+)',
+                   name)
+  if m:
+    stage, block, k, part, field = m.groups()
+    parts = ('expand', 'depthwise', 'se', 'project')
+    if stage == '1':  # Expansion 1: no expand conv.
+      parts = parts[1:]
+    if int(k) >= len(parts):
+      return common.BAD
+    base = f'stage{stage}_block{block}/{parts[int(k)]}'
+    if (parts[int(k)] == 'se') != part.startswith('fc'):
+      return common.BAD
+    if part.startswith('fc'):
+      if field not in ('weight', 'bias'):
+        return common.BAD
+      return 'params', (f'{base}/{"reduce" if part == "fc1" else "expand"}/'
+                        f'{"kernel" if field == "weight" else "bias"}')
+    return conv_or_norm(base, part == '0', field)
+  m = re.fullmatch(r'classifier\.1\.(weight|bias)', name)
+  if m:
+    return 'params', 'classifier/' + ('kernel' if m.group(1) == 'weight' else 'bias')
+  return common.BAD
+
+
 def target(name: str, arch: str):
   spec = ARCHS[arch]
   if spec.backbone == 'resnet':
     return resnet_target(name)
+  if spec.backbone == 'efficientnet':
+    return efficientnet_target(name)
   raise AssertionError(spec.backbone)
