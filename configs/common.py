@@ -100,6 +100,9 @@ def detection_config() -> ml_collections.ConfigDict:
   config.num_epochs = ml_collections.FieldReference(None, field_type=float)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
+  # Also score the eval split every this many steps (0: only at the end); the
+  # AP curve goes to TensorBoard and workdir/eval/history_<split>.jsonl.
+  config.eval_every_steps = 0
   config.keep_checkpoints = 3
   config.eval_batch_size = 64
   config.num_images_to_draw = 6       # Validation images drawn in TensorBoard.

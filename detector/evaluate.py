@@ -109,45 +109,71 @@ def score(groundtruth, detections, config) -> dict:
   return metrics
 
 
-def evaluate_all(config, setup, state, workdir, writer) -> dict:
-  """Scores the eval and test splits; writes files; returns test metrics."""
-  predict_fn = make_predict_fn(setup)
+def evaluate_split(config, setup, state, split, predict_fn, writer,
+                   out_dir=None, keep_images=0):
+  """Scores one split, writes its scalars (and files to `out_dir` if given).
+
+  Returns the metrics dict on process 0, None on the others.
+  """
   step = int(state.step)
-  out_dir = os.path.join(workdir, 'eval')
-  os.makedirs(out_dir, exist_ok=True)
-  result = None
-  splits = [config.dataset.eval_split, config.dataset.test_split]
-  for split in dict.fromkeys(s for s in splits if s):
-    keep = config.num_images_to_draw if split == config.dataset.eval_split else 0
-    detections, drawn = predict_split(config, setup, state, split, predict_fn,
-                                      keep_images=keep)
-    if jax.process_index() != 0:
-      continue
-    groundtruth = pipeline.groundtruth_coco(setup.builder, split,
-                                            setup.class_names)
-    metrics = score(groundtruth, detections, config)
-    metrics.update(step=step, split=split, dataset=config.dataset.name)
+  detections, drawn = predict_split(config, setup, state, split, predict_fn,
+                                    keep_images=keep_images)
+  if jax.process_index() != 0:
+    return None
+  groundtruth = pipeline.groundtruth_coco(setup.builder, split,
+                                          setup.class_names)
+  metrics = score(groundtruth, detections, config)
+  metrics.update(step=step, split=split, dataset=config.dataset.name)
+  if out_dir:
     for name, value in (('metrics', metrics), ('detections', detections),
                         ('groundtruth', groundtruth)):
       with open(os.path.join(out_dir, f'{name}_{split}.json'), 'w') as f:
         # json.dumps encodes in C; json.dump streams through the pure-Python
         # encoder, several seconds for ~10^5 detections.
         f.write(json.dumps(value))
-    scalars = {f'{split}/{k}': v for k, v in metrics.items()
-               if isinstance(v, float)}
-    scalars.update({f'{split}/{k}': metrics['prf'][k]
-                    for k in ('precision', 'recall', 'f1')})
-    scalars.update({f'{split}/AP_{name}': v
-                    for name, v in metrics['AP_per_class'].items()})
-    writer.write_scalars(step, scalars)
-    if drawn:
-      writer.write_images(step, {f'{split}/detections': np.stack([
-          visualize.detections_figure(img, gt, pred) for img, gt, pred in drawn])})
-    logging.info('%s at step %d: AP %.3f AP50 %.3f AP75 %.3f APs %.3f | P %.3f '
-                 'R %.3f F1 %.3f @ score %.2f', split, step, metrics['AP'],
-                 metrics['AP50'], metrics['AP75'], metrics['AP_small'],
-                 metrics['prf']['precision'], metrics['prf']['recall'],
-                 metrics['prf']['f1'], config.prf_score_threshold)
+  scalars = {f'{split}/{k}': v for k, v in metrics.items()
+             if isinstance(v, float)}
+  scalars.update({f'{split}/{k}': metrics['prf'][k]
+                  for k in ('precision', 'recall', 'f1')})
+  scalars.update({f'{split}/AP_{name}': v
+                  for name, v in metrics['AP_per_class'].items()})
+  writer.write_scalars(step, scalars)
+  if drawn:
+    writer.write_images(step, {f'{split}/detections': np.stack([
+        visualize.detections_figure(img, gt, pred) for img, gt, pred in drawn])})
+  logging.info('%s at step %d: AP %.3f AP50 %.3f AP75 %.3f APs %.3f | P %.3f '
+               'R %.3f F1 %.3f @ score %.2f', split, step, metrics['AP'],
+               metrics['AP50'], metrics['AP75'], metrics['AP_small'],
+               metrics['prf']['precision'], metrics['prf']['recall'],
+               metrics['prf']['f1'], config.prf_score_threshold)
+  return metrics
+
+
+def evaluate_during_training(config, setup, state, workdir, writer, predict_fn):
+  """`config.eval_every_steps`: scores the eval split and appends
+  {step, AP, AP50, ...} to workdir/eval/history_<split>.jsonl (the AP curve)."""
+  split = config.dataset.eval_split
+  metrics = evaluate_split(config, setup, state, split, predict_fn, writer)
+  if metrics is None:
+    return
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  row = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+  with open(os.path.join(out_dir, f'history_{split}.jsonl'), 'a') as f:
+    f.write(json.dumps(row) + '\n')
+
+
+def evaluate_all(config, setup, state, workdir, writer) -> dict:
+  """Scores the eval and test splits; writes files; returns test metrics."""
+  predict_fn = make_predict_fn(setup)
+  out_dir = os.path.join(workdir, 'eval')
+  os.makedirs(out_dir, exist_ok=True)
+  result = None
+  splits = [config.dataset.eval_split, config.dataset.test_split]
+  for split in dict.fromkeys(s for s in splits if s):
+    keep = config.num_images_to_draw if split == config.dataset.eval_split else 0
+    metrics = evaluate_split(config, setup, state, split, predict_fn, writer,
+                             out_dir=out_dir, keep_images=keep)
     if split == config.dataset.test_split:
       result = metrics
   return result

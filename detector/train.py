@@ -484,6 +484,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   pending = None  # (step, loss) of the previous step, checked one step late.
   num_dropped = 0
   preempted = False
+  predict_fn = None  # Compiled on the first periodic evaluation.
   logging.info('Training steps %d..%d, global batch %d on %d devices.',
                start, s.total_steps, config.batch_size, jax.device_count())
   with _Preemption() as preemption:
@@ -519,6 +520,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         _check_finite(*pending)
         checkpoints.save(mngr, step, state, _meta(step, config),
                          force=step == s.total_steps)
+      if (config.eval_every_steps and step % config.eval_every_steps == 0
+          and step < s.total_steps and config.dataset.eval_split):
+        if predict_fn is None:
+          predict_fn = evaluate.make_predict_fn(s)
+        evaluate.evaluate_during_training(config, s, state, workdir, writer,
+                                          predict_fn)
   mngr.wait_until_finished()
   if step_fn._cache_size() > 1:  # pylint: disable=protected-access
     logging.warning('The train step was compiled %d times; a shape or dtype '

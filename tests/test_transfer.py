@@ -6,6 +6,7 @@ or weight decay moves the backbone by exactly `backbone_lr_mult` times what it
 moves it with a factor of 1.
 """
 
+import json
 import os
 
 from absl import logging
@@ -193,8 +194,14 @@ def test_resume_order_checkpoint_then_init_from_then_scratch(tiny_config, tmp_pa
   saved = _backbone_file(tiny_config, path)
   tiny_config.init_from = path
   tiny_config.num_train_steps = 3
+  tiny_config.eval_every_steps = 2
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(tiny_config, workdir)
+  # The periodic evaluation left one point of the AP curve (the final one is
+  # the end-of-training evaluation's).
+  with open(os.path.join(workdir, 'eval', 'history_validation.jsonl')) as f:
+    history = [json.loads(line) for line in f]
+  assert [h['step'] for h in history] == [2] and 0 <= history[0]['AP'] <= 1
   # Started from the file: after 3 small steps the stem is near the file's,
   # far from a fresh initialisation.
   mngr = checkpoints.manager(workdir, 3, 3)
