@@ -88,7 +88,7 @@ def port(source: str, arch: str, output: str, input_path: Optional[str] = None):
   converted = common.convert(
       tensors, expected_shapes(metadata), origin,
       target=lambda name: module.target(name, arch),
-      layout=getattr(module, 'layout', common.torch_layout))
+      layout=getattr(module, 'layout', common.torch_layout), arch=arch)
   variables = {c: weights.unflatten(v) for c, v in converted.items() if v}
   weights.save(output, variables, metadata)
   return metadata

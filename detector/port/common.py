@@ -5,9 +5,12 @@ A source module (`detector/port/source_*.py`) provides
   read(path) -> {tensor name: np.ndarray}, the checkpoint as the source names it;
   download(arch) -> (tensors, origin), where the source library can fetch
     its own ImageNet weights (needs internet; tests never call it);
-  target(name, arch) -> (collection, our path), None (skip) or BAD;
-  layout(array, path) -> the array in Flax layout (optional; default
-    `torch_layout`).
+  target(name, arch) -> (collection, our path), None (skip), BAD, or a
+    `Constant` (a tensor the model has no variable for but whose value the
+    conversion relies on);
+  layout(array, path, arch) -> the array in Flax layout (optional; default
+    `torch_layout`); `path` is what `target` returned, `arch` lets a source
+    treat one architecture's tensor specially (Keras' BGR ResNets).
 `convert` below applies them with every check; `detector.port.port` writes
 the result.
 """
@@ -41,6 +44,20 @@ class Spec:
   kwargs: Dict[str, Any]
   norm_epsilon: float
   preprocessing: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+  """A tensor that fills no model variable but must hold `value`.
+
+  For constants a conversion folds elsewhere (Keras EfficientNets'
+  normalisation layer becomes the metadata's mean/std): `convert` checks the
+  file holds `value` (relative tolerance 1e-5) and otherwise fails, naming the
+  tensor and `why` the value is needed, instead of writing weights that
+  compute something else.
+  """
+  value: tuple
+  why: str
 
 
 def preprocessing(image_size: int, resize: Optional[int] = None,
@@ -83,9 +100,27 @@ def read_torch(path: str) -> Dict[str, np.ndarray]:
           if hasattr(v, 'detach')}
 
 
-def torch_layout(array: np.ndarray, path: str) -> np.ndarray:
+_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+       'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+
+
+def conv_or_norm(base: str, is_conv: bool, field: str, conv='conv', norm='norm'):
+  """A PyTorch conv weight/bias or BatchNorm tensor (`field`: weight, bias,
+  running_mean, running_var) of the ConvNormAct at `base` -> (collection,
+  path), or BAD for a field it does not have."""
+  if is_conv:
+    return {'weight': ('params', f'{base}/{conv}/kernel'),
+            'bias': ('params', f'{base}/{conv}/bias')}.get(field, BAD)
+  if field in _BN:
+    return _BN[field][0], f'{base}/{norm}/{_BN[field][1]}'
+  return BAD
+
+
+def torch_layout(array: np.ndarray, path: str, arch: str) -> np.ndarray:
   """PyTorch -> Flax: conv [O, I, kh, kw] -> HWIO (depthwise [C, 1, kh, kw]
-  -> [kh, kw, 1, C]); linear [out, in] -> [in, out]."""
+  -> [kh, kw, 1, C]); linear [out, in] -> [in, out]. The same for every
+  architecture: `arch` is ignored."""
+  del arch
   if path.endswith('kernel') and array.ndim == 4:
     return array.transpose(2, 3, 1, 0)
   if path.endswith('kernel') and array.ndim == 2:
@@ -96,24 +131,34 @@ def torch_layout(array: np.ndarray, path: str) -> np.ndarray:
 def convert(tensors: Dict[str, np.ndarray],
             expected: Dict[str, Dict[str, tuple]], origin: str,
             target: Callable[[str], Any],
-            layout: Callable[[np.ndarray, str], np.ndarray] = torch_layout,
-            ) -> Dict[str, Dict[str, np.ndarray]]:
+            layout: Callable[[np.ndarray, str, str], np.ndarray] = torch_layout,
+            *, arch: str) -> Dict[str, Dict[str, np.ndarray]]:
   """Maps named tensors onto the model; `expected`: collection -> {path: shape}.
 
-  Raises ConfigError naming every unknown tensor, every model variable left
-  unfilled and every shape mismatch (which is what a wrong `--arch` gives).
+  `arch` is passed on to `layout`. Raises ConfigError naming every unknown
+  tensor, every model variable left unfilled, every shape mismatch (which is
+  what a wrong `--arch` gives) and every `Constant` the file contradicts.
   """
   out = {c: {} for c in expected}
-  unknown, mismatched, twice = [], [], []
+  unknown, mismatched, twice, contradicted = [], [], [], []
   for name, value in tensors.items():
     where = target(name)
     if where is None:
+      continue
+    if isinstance(where, Constant):
+      have = np.asarray(value, np.float32)
+      want = np.asarray(where.value, np.float32)
+      if have.shape != want.shape or not np.allclose(have, want, rtol=1e-5,
+                                                      atol=0):
+        contradicted.append(
+            f'{name} = {np.round(have, 6).tolist()} but {where.why} needs '
+            f'{np.round(np.asarray(where.value, np.float64), 6).tolist()}')
       continue
     if where == BAD or where[1] not in expected.get(where[0], {}):
       unknown.append(name)
       continue
     collection, path = where
-    array = layout(np.asarray(value, np.float32), path)
+    array = layout(np.asarray(value, np.float32), path, arch)
     want = tuple(expected[collection][path])
     if array.shape != want:
       mismatched.append(f'{name} {tuple(np.shape(value))} -> {path} needs {want}')
@@ -132,9 +177,15 @@ def convert(tensors: Dict[str, np.ndarray],
     problems.append('model variables not in the file: ' + ', '.join(missing[:10]))
   if twice:
     problems.append('variables written twice: ' + ', '.join(twice[:10]))
+  if contradicted:
+    problems.append('values the conversion cannot carry: '
+                    + '; '.join(contradicted[:10]))
   if problems:
     raise errors.ConfigError(
         f'{origin}: cannot convert ({len(mismatched)} mismatched, '
-        f'{len(unknown)} unknown, {len(missing)} missing): '
-        + ' | '.join(problems) + ' -- is --arch right for this file?')
+        f'{len(unknown)} unknown, {len(missing)} missing'
+        + (f', {len(contradicted)} contradicted' if contradicted else '')
+        + '): ' + ' | '.join(problems)
+        + (' -- is --arch right for this file?'
+           if mismatched or unknown or missing or twice else ''))
   return out

@@ -25,7 +25,6 @@ from typing import Dict
 from detector import errors
 from detector.models.backbones import efficientnet
 from detector.port import common
-from detector.port import source_torchvision
 
 # Preprocessing of the TensorFlow originals (tensorflow/tpu
 # models/official/efficientnet): lite/efficientnet_lite_builder.py normalises
@@ -89,7 +88,7 @@ def target(name: str, arch: str):
   if m:
     part, field = m.groups()
     base = 'stem' if part in ('_conv_stem', '_bn0') else 'head'
-    return source_torchvision.conv_or_norm(base, part.startswith('_conv'), field)
+    return common.conv_or_norm(base, part.startswith('_conv'), field)
   m = re.fullmatch(r'_blocks\.(\d+)\.(\w+?)\.(\w+)', name)
   if m:
     n, part, field = int(m.group(1)), m.group(2), m.group(3)
@@ -98,7 +97,7 @@ def target(name: str, arch: str):
       return common.BAD
     if part in _PARTS:
       sub, is_conv = _PARTS[part]
-      return source_torchvision.conv_or_norm(f'{blocks[n]}/{sub}', is_conv, field)
+      return common.conv_or_norm(f'{blocks[n]}/{sub}', is_conv, field)
     if part in ('_se_reduce', '_se_expand') and field in ('weight', 'bias'):
       return 'params', (f'{blocks[n]}/se/{part[4:]}/'
                         f'{"kernel" if field == "weight" else "bias"}')

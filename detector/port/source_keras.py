@@ -20,7 +20,8 @@ Either way a tensor is named '<layer name>/<variable name>', e.g.
 'conv1_conv/kernel', 'conv1_bn/moving_mean', 'predictions/bias'.
 
 Keras kernels are already in the Flax layout (conv HWIO, dense [in, out]);
-only depthwise kernels [kh, kw, C, 1] become [kh, kw, 1, C].
+only depthwise kernels [kh, kw, C, 1] become [kh, kw, 1, C] (Keras 3 names
+them `kernel`, Keras 2 `depthwise_kernel`; both are read).
 
 ResNets (`ResNet50/101/152`, keras.applications naming -> ours):
   conv1_conv, conv1_bn                   -> stem/{conv, norm}
@@ -40,6 +41,50 @@ RGB mean [123.68, 116.779, 103.939], std [1, 1, 1], as the metadata records,
 and computes exactly what Keras computes on the same image. Keras prescribes
 no resize or crop (its examples resize straight to 224); the metadata records
 the original ResNet evaluation's shorter side 256 and centre crop 224.
+
+EfficientNets (`EfficientNetB0..B7`, keras/src/applications/efficientnet.py;
+keras.applications naming -> ours; stage s = 1..7, block letter a, b, ... ->
+j = 0, 1, ...):
+  stem_conv, stem_bn                     -> stem/{conv, norm}
+  block{s}{letter}_expand_conv, _expand_bn   -> stage{s}_block{j}/expand/...
+  block{s}{letter}_dwconv, _bn               -> .../depthwise/{conv, norm}
+  block{s}{letter}_se_reduce, _se_expand     -> .../se/{reduce, expand}
+  block{s}{letter}_project_conv, _project_bn -> .../project/{conv, norm}
+  top_conv, top_bn                       -> head/{conv, norm}
+  predictions                            -> classifier
+BatchNorm epsilon: Keras' default 1e-3. Padding: TF SAME (padding='same').
+Keras pads stride-2 convs explicitly, ZeroPadding2D(correct_pad(x, k)) and
+then 'valid': correct_pad gives (k//2 - 1, k//2) on an even side and
+(k//2, k//2) on an odd one, which is exactly TF SAME's split (total
+max(k - 2, 0) or k - 1, the extra pixel after) -- as long as the side is
+known when the model is built: with input_shape (None, None, 3) correct_pad
+assumes even sides and an odd input then pads differently from ours.
+
+The Keras model contains its preprocessing (in this order): Rescaling(1/255),
+Normalization (mean m and variance v are variables stored in the weights
+file) and, only when built with weights='imagenet', Rescaling(1/sqrt(s)) with
+s = IMAGENET_STDDEV_RGB (0.229, 0.224, 0.225). The ImageNet file stores
+m = (0.485, 0.456, 0.406) and v = s (the standard deviations, not their
+squares: tensorflow/tensorflow#49930), which the second Rescaling corrects:
+on 0-255 RGB pixels x the first conv sees (x / 255 - m) / sqrt(v) / sqrt(s)
+= (x - 255 m) / (255 s). The metadata records that fold, mean 255 m =
+(123.675, 116.28, 103.53) and std 255 s = (58.395, 57.12, 57.375): exact but
+for float rounding, since Keras pads (ZeroPadding2D) after normalising, as
+our model does. The fold is only right for those m and v, so the converter
+checks them (`common.Constant`) and refuses a file that holds others (e.g.
+mean 0 and variance 1: a model built with weights=None and never adapted,
+which sees x / 255; no mean/std makes our model compute that exactly). What
+a file cannot say is whether the model that will use it has the second
+Rescaling: the conversion computes what `EfficientNetBx(weights='imagenet')`
+(the model the ImageNet weights were made for) computes with the file; the
+same file loaded into a model built with weights=None computes
+(x / 255 - m) / sqrt(s), a different function. Keras prescribes no resize or
+crop; the metadata records the TF originals' evaluation
+(tensorflow/tpu models/official/efficientnet/preprocessing.py, copied in
+timm/data/tf_preprocessing.py): a centre crop of image_size / (image_size +
+32) of the shorter side resized to image_size, bicubic, i.e. shorter side
+image_size + 32 then a centre crop of image_size, at Keras' default_size
+(224, 240, 260, 300, 380, 456, 528, 600 for B0..B7).
 """
 
 import io
@@ -61,6 +106,28 @@ ARCHS: Dict[str, common.Spec] = {
         'resnet', dict(depth=d, stride_in_1x1=True, conv_bias=True), 1.001e-5,
         common.preprocessing(224, 256, mean=_CAFFE_MEAN, std=(1.0, 1.0, 1.0)))
     for d in (50, 101, 152)}
+
+# EfficientNetB{i}: Keras' default_size (see the module docstring).
+_EFFICIENTNET_SIZES = (224, 240, 260, 300, 380, 456, 528, 600)
+ARCHS.update({
+    f'EfficientNetB{i}': common.Spec(
+        'efficientnet', dict(variant=f'b{i}', padding='same'), 1e-3,
+        common.preprocessing(size, size + 32, 'bicubic'))
+    for i, size in enumerate(_EFFICIENTNET_SIZES)})
+
+# What the EfficientNets' Normalization layer must hold for the metadata's
+# mean and std (common.IMAGENET_*, 0-255) to fold Keras' preprocessing
+# exactly: the ImageNet file's mean, and its "variance", which is the
+# standard deviation (see the module docstring).
+_FOLD = ("the metadata's mean/std (Keras' Rescaling(1/255), Normalization and "
+         "Rescaling(1/sqrt(std)) folded for the ImageNet file's values)")
+_NORMALIZATION = {
+    'mean': common.Constant(tuple(m / 255 for m in common.IMAGENET_MEAN),
+                            _FOLD),
+    'variance': common.Constant(tuple(s / 255 for s in common.IMAGENET_STD),
+                                _FOLD),
+    'count': None,  # Samples seen by adapt(); plays no part in the output.
+}
 
 # Architectures trained on BGR input: their first conv's input channels are
 # reversed so that the converted model takes RGB.
@@ -214,21 +281,12 @@ def download(arch: str):
   return model_tensors(model), f'keras.applications.{arch}(weights="imagenet")'
 
 
-class _ReversedInputChannels(str):
-  """A target path whose kernel `layout` gives reversed input channels.
-
-  `common.convert` hands `layout` the path `target` returned, so marking the
-  path carries the per-architecture BGR -> RGB decision from `target` (which
-  knows the arch) to `layout` (which does not).
-  """
-
-
-def layout(array: np.ndarray, path: str) -> np.ndarray:
+def layout(array: np.ndarray, path: str, arch: str) -> np.ndarray:
   """Keras -> Flax: identity but for depthwise kernels and BGR first convs."""
   if path.endswith('depthwise/conv/kernel') and array.ndim == 4:
     array = array.transpose(0, 1, 3, 2)  # [kh, kw, C, 1] -> [kh, kw, 1, C].
-  if isinstance(path, _ReversedInputChannels):
-    array = array[:, :, ::-1, :]
+  if arch in _BGR_INPUT and path == 'stem/conv/kernel':
+    array = array[:, :, ::-1, :]  # Input channels BGR -> RGB.
   return array
 
 
@@ -266,12 +324,44 @@ def resnet_target(name: str):
   return common.BAD
 
 
+_EFFICIENTNET_PARTS = {  # Block layer suffix -> (our module, kind).
+    'expand_conv': ('expand', 'conv'), 'expand_bn': ('expand', 'bn'),
+    'dwconv': ('depthwise', 'conv'), 'bn': ('depthwise', 'bn'),
+    'project_conv': ('project', 'conv'), 'project_bn': ('project', 'bn')}
+
+
+def efficientnet_target(name: str):
+  """keras.applications EfficientNet tensor name -> (collection, path), None,
+  a Constant (the Normalization layer) or BAD."""
+  m = re.fullmatch(r'normalization(_\d+)?/(\w+)', name)
+  if m:
+    return _NORMALIZATION.get(m.group(2), common.BAD)
+  m = re.fullmatch(r'(stem|top)_(conv|bn)/(\w+)', name)
+  if m:
+    base = 'stem' if m.group(1) == 'stem' else 'head'
+    return conv_or_norm(base, m.group(2), m.group(3))
+  m = re.fullmatch(r'block(\d)([a-z])_(\w+)/(\w+)', name)
+  if m:
+    stage, letter, part, field = m.groups()
+    base = f'stage{stage}_block{ord(letter) - ord("a")}'
+    if part == 'dwconv' and field == 'depthwise_kernel':  # Keras 2's name.
+      field = 'kernel'
+    if part in _EFFICIENTNET_PARTS:
+      sub, kind = _EFFICIENTNET_PARTS[part]
+      return conv_or_norm(f'{base}/{sub}', kind, field)
+    if part in ('se_reduce', 'se_expand') and field in ('kernel', 'bias'):
+      return 'params', f'{base}/se/{part[len("se_"):]}/{field}'
+    return common.BAD
+  m = re.fullmatch(r'predictions/(kernel|bias)', name)
+  if m:
+    return 'params', f'classifier/{m.group(1)}'
+  return common.BAD
+
+
 def target(name: str, arch: str):
   spec = ARCHS[arch]
   if spec.backbone == 'resnet':
-    where = resnet_target(name)
-  else:
-    raise AssertionError(spec.backbone)
-  if arch in _BGR_INPUT and name == 'conv1_conv/kernel':
-    where = where[0], _ReversedInputChannels(where[1])
-  return where
+    return resnet_target(name)
+  if spec.backbone == 'efficientnet':
+    return efficientnet_target(name)
+  raise AssertionError(spec.backbone)

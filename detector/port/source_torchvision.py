@@ -54,9 +54,6 @@ ARCHS.update({
         common.preprocessing(crop, resize, interpolation))
     for v, (crop, resize, interpolation, eps) in _EFFICIENTNET.items()})
 
-_BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-       'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
-
 read = common.read_torch
 
 
@@ -68,33 +65,23 @@ def download(arch: str):
   return tensors, f'torchvision.models.{arch}(weights="DEFAULT")'
 
 
-def conv_or_norm(base: str, is_conv: bool, field: str, conv='conv', norm='norm'):
-  """A conv weight/bias or BatchNorm tensor of the ConvNormAct at `base`."""
-  if is_conv:
-    return {'weight': ('params', f'{base}/{conv}/kernel'),
-            'bias': ('params', f'{base}/{conv}/bias')}.get(field, common.BAD)
-  if field in _BN:
-    return _BN[field][0], f'{base}/{norm}/{_BN[field][1]}'
-  return common.BAD
-
-
 def resnet_target(name: str):
   """torchvision/timm ResNet tensor name -> (collection, path), None or BAD."""
   if name.endswith('num_batches_tracked'):
     return None
   m = re.fullmatch(r'(conv1|bn1)\.(\w+)', name)
   if m:
-    return conv_or_norm('stem', m.group(1) == 'conv1', m.group(2))
+    return common.conv_or_norm('stem', m.group(1) == 'conv1', m.group(2))
   m = re.fullmatch(r'layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)', name)
   if m:
     stage, block, kind, k, field = m.groups()
-    return conv_or_norm(f'stage{int(stage) + 1}_block{block}/conv{k}',
-                        kind == 'conv', field)
+    return common.conv_or_norm(f'stage{int(stage) + 1}_block{block}/conv{k}',
+                               kind == 'conv', field)
   m = re.fullmatch(r'layer(\d)\.(\d+)\.downsample\.([01])\.(\w+)', name)
   if m:
     stage, block, index, field = m.groups()
-    return conv_or_norm(f'stage{int(stage) + 1}_block{block}/downsample',
-                        index == '0', field)
+    return common.conv_or_norm(
+        f'stage{int(stage) + 1}_block{block}/downsample', index == '0', field)
   m = re.fullmatch(r'fc\.(weight|bias)', name)
   if m:
     return 'params', 'classifier/' + ('kernel' if m.group(1) == 'weight' else 'bias')
@@ -108,7 +95,7 @@ def efficientnet_target(name: str):
   m = re.fullmatch(r'features\.(0|8)\.([01])\.(\w+)', name)
   if m:
     base = 'stem' if m.group(1) == '0' else 'head'
-    return conv_or_norm(base, m.group(2) == '0', m.group(3))
+    return common.conv_or_norm(base, m.group(2) == '0', m.group(3))
   m = re.fullmatch(r'features\.([1-7])\.(\d+)\.block\.(\d)\.(0|1|fc1|fc2)\.(\w+)',
                    name)
   if m:
@@ -126,7 +113,7 @@ def efficientnet_target(name: str):
         return common.BAD
       return 'params', (f'{base}/{"reduce" if part == "fc1" else "expand"}/'
                         f'{"kernel" if field == "weight" else "bias"}')
-    return conv_or_norm(base, part == '0', field)
+    return common.conv_or_norm(base, part == '0', field)
   m = re.fullmatch(r'classifier\.1\.(weight|bias)', name)
   if m:
     return 'params', 'classifier/' + ('kernel' if m.group(1) == 'weight' else 'bias')
