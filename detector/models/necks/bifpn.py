@@ -190,13 +190,11 @@ class FusionNode(nn.Module):
       resized.append(x)
     x = WeightedFusion(self.fusion, name='fuse')(resized)
     x = self.act(x)
-    x = nn.Conv(self.width, (3, 3), padding='SAME',
-                feature_group_count=self.width, use_bias=False,
-                # fan_in of a depthwise 3x3 kernel is 9: unit gain per channel.
-                kernel_init=nn.initializers.variance_scaling(
-                    1.0, 'fan_in', 'normal'),
-                dtype=self.dtype, param_dtype=jnp.float32,
-                name='depthwise')(x)
+    # fan_in of a depthwise 3x3 kernel is 9: unit gain per channel.
+    x = layers.DepthwiseConv(self.width, 3, padding='SAME', use_bias=False,
+                             kernel_init=nn.initializers.variance_scaling(
+                                 1.0, 'fan_in', 'normal'),
+                             dtype=self.dtype, name='depthwise')(x)
     return layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                               act=None, dtype=self.dtype,
                               name='pointwise')(x)
