@@ -1,0 +1,172 @@
+"""Every backbone size trains, and every config variant builds.
+
+Numerical equality with the original networks is tested in test_port*.py and
+test_efficientnet.py; here: (1) one optimisation step of each ResNet (18-152)
+and EfficientNet (B0-B7, Lite0-4) backbone as the detector builds it, at a
+small resolution, changes every variable and keeps the loss finite; (2) every
+`configs/efficientnet.py` size and `configs/resnet50.py` depth gives a
+detector whose shapes trace; (3) the real trainer's step runs on the
+ResNet50 and EfficientNet configs' smoke variants.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import efficientnet as efficientnet_config
+import resnet50 as resnet50_config
+from detector import train
+from detector.models import detector as detector_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = [f'c{i}' for i in range(6)]
+
+
+def test_every_backbone_size_trains_one_step():
+  # In a subprocess with XLA's backend optimisation off: compiling 18 deep
+  # networks' backward passes dominates this test, and the step's numbers do
+  # not depend on it.
+  script = f'SIZES = {SIZES!r}\n' + textwrap.dedent('''
+      import sys, time
+      sys.path.insert(0, 'configs')
+      import detector
+      import jax, jax.numpy as jnp, numpy as np, optax
+      import ml_collections
+      import cnn
+      from detector.models import detector as detector_lib
+      sizes = [SIZES[int(i)] for i in sys.argv[1:]]
+      tx = optax.adamw(1e-3)
+      for name, kwargs in sizes:
+        start = time.time()
+        model_config = cnn.get_config('tiny').model
+        with model_config.unlocked():
+          model_config.backbone = name
+          model_config[name] = ml_collections.ConfigDict(kwargs)
+        backbone = detector_lib.build_backbone(model_config, train=True)
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)),
+                        jnp.float32)
+        shapes = jax.eval_shape(backbone.init, jax.random.PRNGKey(0), x)
+        rng = np.random.default_rng(1)
+        # Random values (not an initialiser: no zero BatchNorm scales), so
+        # that every variable gets a gradient.
+        variables = jax.tree.map(lambda s: jnp.asarray(
+            rng.uniform(0.5, 1.5, s.shape) * rng.choice([-1, 1], s.shape)
+            / np.sqrt(max(np.prod(s.shape[:-1]), 1)), jnp.float32), shapes)
+        stats = jax.tree.map(jnp.abs, variables['batch_stats'])
+
+        @jax.jit
+        def step(params, stats, opt_state, key):
+          def loss_fn(p):
+            out, new = backbone.apply({'params': p, 'batch_stats': stats}, x,
+                                      mutable=['batch_stats'],
+                                      rngs={'dropout': key})
+            return sum(jnp.mean(out[l] ** 2) for l in (2, 3, 4, 5)), new
+          (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+          updates, opt_state = tx.update(grads, opt_state, params)
+          return optax.apply_updates(params, updates), new['batch_stats'], loss
+        params = variables['params']
+        new_params, new_stats, loss = step(params, stats, tx.init(params),
+                                           jax.random.PRNGKey(2))
+        assert np.isfinite(float(loss)), (name, kwargs)
+        for tree_a, tree_b in ((params, new_params), (stats, new_stats)):
+          flat_a = jax.tree_util.tree_leaves_with_path(tree_a)
+          flat_b = jax.tree.leaves(tree_b)
+          same = [jax.tree_util.keystr(p) for (p, a), b in zip(flat_a, flat_b)
+                  if np.array_equal(np.asarray(a), np.asarray(b))]
+          assert not same, (name, kwargs, same[:5])
+        n = sum(v.size for v in jax.tree.leaves(params))
+        print(f'OK {name} {kwargs} {n} params {time.time() - start:.1f} s',
+              flush=True)
+  ''')
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
+                      ' --xla_llvm_disable_expensive_passes=true').strip()
+  # Two processes, one per CPU core (XLA compiles a program on one thread),
+  # each with half of the sizes by expected compile time.
+  order = sorted(range(len(SIZES)), key=lambda i: -_cost(SIZES[i]))
+  halves = [order[0::2], order[1::2]]
+  procs = [subprocess.Popen([sys.executable, '-c', script, *map(str, half)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+           for half in halves]
+  outputs = [p.communicate() for p in procs]
+  for proc, (out, err) in zip(procs, outputs):
+    print(out)
+    assert proc.returncode == 0, err[-3000:]
+  assert sum(out.count('OK ') for out, _ in outputs) == len(SIZES)
+
+
+SIZES = ([('resnet', dict(depth=d)) for d in (18, 34, 50, 101, 152)]
+         + [('efficientnet', dict(variant=f'b{i}', drop_connect_rate=0.2))
+            for i in range(8)]
+         + [('efficientnet', dict(variant=f'lite{i}', padding='same',
+                                  drop_connect_rate=0.2)) for i in range(5)])
+
+
+def _cost(size):
+  """Rough compile time of a size (seconds measured on 2 cores)."""
+  name, kwargs = size
+  if name == 'resnet':
+    return {18: 9, 34: 9, 50: 16, 101: 28, 152: 49}[kwargs['depth']]
+  variant = kwargs['variant']
+  if variant.startswith('lite'):
+    return 35 + 4 * int(variant[4:])
+  return 45 + 9 * int(variant[1:])
+
+
+@pytest.mark.parametrize('arg', [f'b{i}' for i in range(8)]
+                         + [f'lite{i}' for i in range(5)])
+def test_every_efficientnet_config_builds(arg):
+  config = efficientnet_config.get_config(arg)
+  with config.unlocked():
+    config.model.num_classes = 6
+  model = detector_lib.build(config.model.copy_and_resolve_references(), train=True)
+  h, w = config.image_size
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                             np.zeros((1, h, w, 3), np.uint8))
+  assert config.model.efficientnet.variant == arg
+  bifpn = variables['params']['neck']
+  assert sum(k.startswith('layer') for k in bifpn) == config.model.bifpn.repeats
+
+
+@pytest.mark.parametrize('depth', [18, 34, 50, 101, 152])
+def test_every_resnet_depth_builds_from_the_config(depth):
+  config = resnet50_config.get_config()
+  with config.unlocked():
+    config.model.resnet.depth = depth
+    config.model.num_classes = 6
+  model = detector_lib.build(config.model.copy_and_resolve_references(), train=True)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                             np.zeros((1, 256, 256, 3), np.uint8))
+  blocks = [k for k in variables['params']['backbone'] if k.startswith('stage')]
+  assert len(blocks) == {18: 8, 34: 16, 50: 16, 101: 33, 152: 50}[depth]
+
+
+@pytest.mark.parametrize('module,arg', [(resnet50_config, 'tiny'),
+                                        (efficientnet_config, 'lite0:tiny')])
+def test_trainer_step_on_config_smoke_variants(module, arg, tiny_data_dir):
+  config = module.get_config(arg)
+  with config.unlocked():
+    config.dataset.data_dir = tiny_data_dir
+  rng = np.random.default_rng(0)
+  b, (h, w), k = config.batch_size, config.image_size, config.input.max_boxes
+  yx = rng.uniform(0, h - 24, (b, k, 2))
+  batch = {'image': rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8),
+           'boxes': np.concatenate([yx, yx + rng.uniform(6, 24, (b, k, 2))],
+                                   -1).astype(np.float32),
+           'labels': rng.integers(0, 6, (b, k)).astype(np.int32),
+           'box_mask': rng.random((b, k)) < 0.5}
+  s = train.build_setup(config, CLASSES, 10)
+  state = s.init_fn(jax.random.PRNGKey(0))
+  sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec('data'))
+  step = train.make_train_step(s)
+  losses = []
+  for _ in range(3):
+    state, metrics = step(state, train.device_batch(batch, sharding))
+    losses.append(float(metrics['loss']))
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
