@@ -223,3 +223,21 @@ def test_resume_order_checkpoint_then_init_from_then_scratch(tiny_config, tmp_pa
   assert int(resumed.step) == 5
   stem5 = np.asarray(resumed.params['backbone']['stem']['conv']['kernel'])
   assert np.abs(stem5 - stem).max() < 0.2 * np.abs(stem5 - changed).max()
+
+
+def test_sync_batch_norm_is_the_global_batch_statistics(tiny_config):
+  """Under jit the batch is global: 'sync_batch_norm' runs (no unbound axis)
+  and computes what 'batch_norm' computes, statistics over all examples."""
+  model_config = tiny_config.model.copy_and_resolve_references()
+  with model_config.unlocked():
+    model_config.num_classes = 6
+  x = _batch(tiny_config)['image'][:4]
+  results = []
+  for kind in ('batch_norm', 'sync_batch_norm'):
+    model_config.norm = kind
+    model = detector_lib.build(model_config, train=True)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    out, stats = jax.jit(lambda v: model.apply(v, x, mutable=['batch_stats']))(variables)
+    results.append(jax.tree.leaves((out, stats)))
+  for a, b in zip(*results):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

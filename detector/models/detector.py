@@ -54,9 +54,14 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 def _norm(config: ml_collections.ConfigDict, kind: str, train: bool, dtype):
   epsilon = config.norm_epsilon if config.norm_epsilon is not None else 1e-5
+  # The trainer runs the model under jax.jit on the global batch (sharded over
+  # 'data'): BatchNorm statistics are then already computed over every
+  # device's examples, which is what cross-replica BatchNorm means, and no
+  # axis name is bound. So 'sync_batch_norm' here is 'batch_norm' (named
+  # axes only exist for code that runs the model under shard_map).
   return layers.make_norm(kind, train=train, dtype=dtype,
                           momentum=config.norm_momentum, epsilon=epsilon,
-                          axis_name='data')
+                          axis_name=None)
 
 
 def build_backbone(config: ml_collections.ConfigDict, train: bool) -> nn.Module:
