@@ -7,7 +7,6 @@ torchvision's transforms (the reference for resize + centre crop + normalise).
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

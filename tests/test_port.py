@@ -2,8 +2,8 @@
 
 The originals are torchvision's own models with random weights and random
 BatchNorm statistics (so every tensor matters), run in eval mode on the same
-inputs in a separate process (`torch_reference.py`: torch cannot be imported
-beside TensorFlow); the conversion goes through the real command line, and the
+inputs in a separate process (the session's `originals`, made by
+`torch_reference.py`: torch cannot be imported beside TensorFlow); the conversion goes through the real command line, and the
 converted file loads here without torch.
 """
 
@@ -18,13 +18,9 @@ import pytest
 from detector import port
 from detector.port import weights
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _reference(arch, seed, tmp_path):
-  subprocess.run([sys.executable, os.path.join(HERE, 'torch_reference.py'),
-                  'torchvision', arch, str(seed), str(tmp_path)], check=True)
-  return np.load(tmp_path / 'expected.npz')
+pytestmark = pytest.mark.xdist_group('torch_originals')
 
 
 def _port(*args):
@@ -33,11 +29,12 @@ def _port(*args):
 
 
 @pytest.mark.parametrize('arch', ['resnet18', 'resnet50'])
-def test_converted_resnet_equals_torchvision(tmp_path, arch):
-  expected = _reference(arch, 0, tmp_path)
+def test_converted_resnet_equals_torchvision(originals, tmp_path, arch):
+  original = originals / 'torchvision' / arch / '0'
+  expected = np.load(original / 'expected.npz')
   out = tmp_path / f'{arch}.npz'
   result = _port('--source=torchvision', f'--arch={arch}',
-                 f'--input={tmp_path / "state_dict.pth"}', f'--output={out}')
+                 f'--input={original / "state_dict.pth"}', f'--output={out}')
   assert result.returncode == 0, result.stderr
   variables, metadata = weights.load(str(out))
   assert metadata['arch'] == arch
@@ -53,17 +50,17 @@ def test_converted_resnet_equals_torchvision(tmp_path, arch):
                                  atol=2e-5 * max(scale, 1.0), err_msg=str(key))
 
 
-def test_bad_inputs_fail_naming_what_is_wrong(tmp_path):
-  _reference('resnet18', 1, tmp_path)
+def test_bad_inputs_fail_naming_what_is_wrong(originals, tmp_path):
+  original = originals / 'torchvision' / 'resnet18' / '0'
   out = str(tmp_path / 'x.npz')
   # A resnet18 file converted as resnet50 names the mismatching tensors.
   result = _port('--source=torchvision', '--arch=resnet50',
-                 f'--input={tmp_path / "state_dict.pth"}', f'--output={out}')
+                 f'--input={original / "state_dict.pth"}', f'--output={out}')
   assert result.returncode == 2
   assert 'layer1.0.conv1.weight' in result.stderr and '--arch' in result.stderr
   # A whole pickled module is refused by weights-only loading: no code runs.
   result = _port('--source=torchvision', '--arch=resnet18',
-                 f'--input={tmp_path / "model.pth"}', f'--output={out}')
+                 f'--input={original / "model.pth"}', f'--output={out}')
   assert result.returncode == 2 and 'weights_only=True' in result.stderr
   result = _port('--source=caffe', '--arch=resnet50', f'--output={out}')
   assert result.returncode == 2 and "--source='caffe'" in result.stderr

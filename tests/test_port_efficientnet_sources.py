@@ -3,8 +3,8 @@
 The originals are the libraries' own models with random weights and random
 BatchNorm statistics (convs re-drawn He-normal so the logits depend on the
 input), in inference mode, on the same inputs, saved in the library's own
-formats. timm runs in a separate process (`timm_reference.py`: torch cannot
-be imported beside TensorFlow); Keras runs here. Every conversion goes
+formats. timm runs in a separate process (the session's `originals`, made by
+`timm_reference.py`: torch cannot be imported beside TensorFlow); Keras runs here. Every conversion goes
 through the real command line. Inputs are 64 and 67 px: TF SAME and
 symmetric padding differ at stride 2 between even and odd sides.
 """
@@ -30,7 +30,6 @@ from detector.port import source_keras
 from detector.port import source_timm
 from detector.port import weights
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = (64, 67)
 # timm arch -> the file format its test converts.
 TIMM_ARCHS = {'efficientnet_b0': 'state_dict.pth',
@@ -87,15 +86,15 @@ def _assert_equal_to(expected, got, size):
 # timm.
 
 
+pytestmark = pytest.mark.xdist_group('torch_originals')
+
+
 @pytest.fixture(scope='module')
-def timm_reference(tmp_path_factory):
-  """Random timm originals of TIMM_ARCHS, and the pretrained cfgs (plus
-  efficientnet_b5's, to show why it is left out)."""
-  out = tmp_path_factory.mktemp('timm')
-  subprocess.run([sys.executable, os.path.join(HERE, 'timm_reference.py'),
-                  ','.join(TIMM_ARCHS), '0', str(out),
-                  ','.join(TIMM_EFFICIENTNETS + ['efficientnet_b5'])],
-                 check=True)
+def timm_reference(originals):
+  """Random timm originals of TIMM_ARCHS (among others), and the pretrained
+  cfgs of every timm EfficientNet (plus efficientnet_b5's, to show why it is
+  left out)."""
+  out = originals / 'timm'
   with open(out / 'pretrained_cfg.json') as f:
     return out, json.load(f)
 

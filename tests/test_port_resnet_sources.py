@@ -2,8 +2,8 @@
 
 The originals are the libraries' own models with random weights and random
 BatchNorm statistics (so every tensor matters), in inference mode, on the same
-inputs. timm runs in a separate process (`timm_reference.py`: torch cannot be
-imported beside TensorFlow); Keras runs here. Every conversion goes through
+inputs. timm runs in a separate process (the session's `originals`, made by
+`timm_reference.py`: torch cannot be imported beside TensorFlow); Keras runs here. Every conversion goes through
 the real command line, which imports neither library for reading a file.
 """
 
@@ -24,7 +24,6 @@ from detector.port import source_keras
 from detector.port import source_timm
 from detector.port import weights
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = (64, 67)  # Even and odd: padding must match the originals' on both.
 KERAS_FEATURES = {2: 'conv2_block3_out', 3: 'conv3_block4_out',
                   4: 'conv4_block6_out', 5: 'conv5_block3_out'}
@@ -53,15 +52,15 @@ def _assert_close(got, want, what):
 # timm.
 
 
+pytestmark = pytest.mark.xdist_group('torch_originals')
+
+
 @pytest.fixture(scope='module')
-def timm_reference(tmp_path_factory):
-  out = tmp_path_factory.mktemp('timm')
-  subprocess.run([sys.executable, os.path.join(HERE, 'timm_reference.py'),
-                  'resnet50', '0', str(out), ','.join(source_timm.ARCHS)],
-                 check=True)
+def timm_reference(originals):
+  out = originals / 'timm'
   with open(out / 'pretrained_cfg.json') as f:
     cfgs = json.load(f)
-  return out, np.load(out / 'expected.npz'), cfgs
+  return out / 'resnet50', np.load(out / 'resnet50' / 'expected.npz'), cfgs
 
 
 @pytest.mark.parametrize('filename', ['state_dict.pth', 'state_dict.safetensors'])

@@ -5,6 +5,12 @@ loaded TensorFlow, as the test session has; so the originals run here:
 
   python tests/torch_reference.py SOURCE ARCH SEED OUT_DIR [SIZE ...]
   python tests/torch_reference.py counts OUT_DIR
+  python tests/torch_reference.py all OUT_DIR JOBS_JSON
+
+`all` runs every job of the JSON list in this one process (importing torch
+once instead of once per job): each job is [SOURCE, ARCH, SEED, SIZES] with
+its files in OUT_DIR/SOURCE/ARCH/SEED/, ["counts"] into OUT_DIR, or
+["timm", ARCHS, CFG_ARCHS] (timm_reference.py's arguments) into OUT_DIR/timm/.
 
 SOURCE is `torchvision` (resnet*, efficientnet_b*: torchvision's models) or
 `efficientnet_lite` (efficientnet-lite*: efficientnet_lite_pytorch's model).
@@ -159,8 +165,26 @@ def main(source, arch, seed, out_dir, sizes):
   _run(model, features, sizes, out_dir)
 
 
+def run_all(out_dir, jobs):
+  for job in jobs:
+    if job[0] == 'counts':
+      counts(out_dir)
+    elif job[0] == 'timm':
+      import timm_reference  # pylint: disable=g-import-not-at-top
+      directory = os.path.join(out_dir, 'timm')
+      os.makedirs(directory, exist_ok=True)
+      timm_reference.main(job[1], 0, directory, job[2])
+    else:
+      source, arch, seed, sizes = job
+      directory = os.path.join(out_dir, source, arch, seed)
+      os.makedirs(directory, exist_ok=True)
+      main(source, arch, seed, directory, sizes)
+
+
 if __name__ == '__main__':
   if sys.argv[1] == 'counts':
     counts(sys.argv[2])
+  elif sys.argv[1] == 'all':
+    run_all(sys.argv[2], json.loads(sys.argv[3]))
   else:
     main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])

@@ -31,7 +31,6 @@ import os
 from typing import Mapping
 
 from etils import epath
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 

@@ -21,7 +21,6 @@ BatchNorm weight/bias/running_mean/running_var become scale/bias/mean/var;
 import re
 from typing import Dict
 
-import numpy as np
 
 from detector.port import common
 
