@@ -22,12 +22,15 @@ def detection_config() -> ml_collections.ConfigDict:
   config.image_size = (96, 96)
   config.eval_image_size = (128, 128)
 
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = 'shapes'      # TFDS name, e.g. 'shapes', 'shapes/tiny'.
-  config.dataset.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.dataset.train_split = 'train'
-  config.dataset.eval_split = 'validation'   # Evaluated and drawn in TensorBoard.
-  config.dataset.test_split = 'test'         # Written to workdir/eval/*_test.json.
+  # The dataset spec: a TFDS name ('shapes', 'shapes/tiny', 'coco/2017',
+  # 'voc/2007', ...) or a folder, 'coco_json:DIR', 'voc:DIR' or 'yolo:DIR'
+  # (converted once into TFDS under data_dir; see detector/data/datasets.py).
+  config.dataset = 'shapes'
+  # TFDS data dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.train_split = 'train'
+  config.eval_split = 'validation'   # Evaluated and drawn in TensorBoard ('' skips).
+  config.test_split = 'test'         # Written to workdir/eval/*_test.json ('' skips).
 
   config.input = ml_collections.ConfigDict()
   config.input.image_size = config.get_ref('image_size')
@@ -113,7 +116,7 @@ def detection_config() -> ml_collections.ConfigDict:
 def make_tiny(config: ml_collections.ConfigDict, image_size: int):
   """The run-level settings of a config's `:tiny` smoke variant (seconds long,
   on `shapes/tiny`); each config shrinks its own model besides."""
-  config.dataset.name = 'shapes/tiny'
+  config.dataset = 'shapes/tiny'
   config.image_size = (image_size, image_size)
   config.eval_image_size = (image_size, image_size)
   config.input.shuffle_buffer = 64

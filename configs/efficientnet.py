@@ -33,7 +33,7 @@ with symmetric padding (the default here); keras.applications, timm
 
 Settings for real data (COCO, EfficientDet's recipe scaled to one host; the
 data itself comes with the dataset work in issue 4), e.g. for D0:
-    --config.dataset.name=coco/2017 --config.dataset.test_split=validation
+    --config.dataset=coco/2017 --config.test_split=validation
     --config.image_size="(512, 512)" --config.eval_image_size="(512, 512)"
     --config.input.max_boxes=100 --config.input.scale_jitter="(0.1, 2.0)"
     --config.init_from=b0.npz --config.optimizer.name=sgd

@@ -23,8 +23,8 @@ epsilon come from the file; a mismatching depth or variant is refused.
 
 Settings for real data (COCO, with the usual Detectron2-style schedule; the
 data itself comes with the dataset work in issue 4):
-    --config.dataset.name=coco/2017 --config.dataset.eval_split=validation
-    --config.dataset.test_split=validation
+    --config.dataset=coco/2017 --config.eval_split=validation
+    --config.test_split=validation
     --config.image_size="(640, 640)" --config.eval_image_size="(640, 640)"
     --config.input.max_boxes=100 --config.init_from=resnet50.npz
     --config.model.backbone_norm=frozen_batch_norm --config.optimizer.freeze_at=2

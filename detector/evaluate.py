@@ -63,7 +63,7 @@ def predict_split(config, setup, state, split, predict_fn,
     meta = {k: _gather(jax.make_array_from_process_local_data(sharding, batch[k]))
             for k in ('image_id', 'scale', 'orig_size', 'example_mask', 'boxes',
                       'box_mask')}
-    detections.extend(to_coco_detections(out, meta))
+    detections.extend(to_coco_detections(out, meta, setup.category_ids))
     if len(drawn) < keep_images and jax.process_index() == 0:
       for i in np.flatnonzero(batch['example_mask'])[:keep_images - len(drawn)]:
         shown = out['valid'][i] & (out['scores'][i] >= config.prf_score_threshold)
@@ -72,12 +72,14 @@ def predict_split(config, setup, state, split, predict_fn,
   return detections, drawn
 
 
-def to_coco_detections(out: Dict[str, np.ndarray], meta: Dict[str, np.ndarray]):
+def to_coco_detections(out: Dict[str, np.ndarray], meta: Dict[str, np.ndarray],
+                       category_ids=None):
   """Batched predictions in input pixels -> COCO result dicts.
 
   Boxes are divided by the resize scale (images are placed at the top-left
   when evaluating, so there is no offset), clipped to the original image and
-  written as `[x, y, width, height]` pixels; category ids are class + 1.
+  written as `[x, y, width, height]` pixels; category ids are
+  `category_ids[class]` (the dataset's own ids), default class + 1.
   """
   results = []
   for i in np.flatnonzero(meta['example_mask']):
@@ -92,7 +94,8 @@ def to_coco_detections(out: Dict[str, np.ndarray], meta: Dict[str, np.ndarray]):
       if box[2] <= 0 or box[3] <= 0:
         continue
       results.append({'image_id': int(meta['image_id'][i]),
-                      'category_id': int(cls) + 1,
+                      'category_id': (int(category_ids[cls]) if category_ids
+                                      else int(cls) + 1),
                       'bbox': [round(float(v), 3) for v in box],
                       'score': round(float(score), 5)})
   return results
@@ -121,9 +124,9 @@ def evaluate_split(config, setup, state, split, predict_fn, writer,
   if jax.process_index() != 0:
     return None
   groundtruth = pipeline.groundtruth_coco(setup.builder, split,
-                                          setup.class_names)
+                                          setup.class_names, setup.category_ids)
   metrics = score(groundtruth, detections, config)
-  metrics.update(step=step, split=split, dataset=config.dataset.name)
+  metrics.update(step=step, split=split, dataset=config.dataset)
   if out_dir:
     for name, value in (('metrics', metrics), ('detections', detections),
                         ('groundtruth', groundtruth)):
@@ -152,7 +155,7 @@ def evaluate_split(config, setup, state, split, predict_fn, writer,
 def evaluate_during_training(config, setup, state, workdir, writer, predict_fn):
   """`config.eval_every_steps`: scores the eval split and appends
   {step, AP, AP50, ...} to workdir/eval/history_<split>.jsonl (the AP curve)."""
-  split = config.dataset.eval_split
+  split = config.eval_split
   metrics = evaluate_split(config, setup, state, split, predict_fn, writer)
   if metrics is None:
     return
@@ -169,11 +172,11 @@ def evaluate_all(config, setup, state, workdir, writer) -> dict:
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   result = None
-  splits = [config.dataset.eval_split, config.dataset.test_split]
+  splits = [config.eval_split, config.test_split]
   for split in dict.fromkeys(s for s in splits if s):
-    keep = config.num_images_to_draw if split == config.dataset.eval_split else 0
+    keep = config.num_images_to_draw if split == config.eval_split else 0
     metrics = evaluate_split(config, setup, state, split, predict_fn, writer,
                              out_dir=out_dir, keep_images=keep)
-    if split == config.dataset.test_split:
+    if split == config.test_split:
       result = metrics
   return result

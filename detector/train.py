@@ -10,11 +10,11 @@ so XLA inserts the gradient all-reduce. The step compiles once per run.
 import collections
 import dataclasses
 import functools
+import json
 import math
 import os
 import signal
 import threading
-import time
 from typing import Any, Callable, Dict, Tuple
 
 from absl import logging
@@ -323,6 +323,8 @@ class Setup:
   state_sharding: Any
   init_fn: Callable            # Jitted rng -> TrainState, already sharded.
   labels: Any = None           # param_labels tree, None when nothing is frozen.
+  # The dataset's own id of each label, for COCO files (None: label + 1).
+  category_ids: Any = None
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
@@ -331,13 +333,47 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   builder = pipeline.get_builder(config)
   pipeline.prepare(builder)
   names = pipeline.class_names(builder)
-  for split in (config.dataset.train_split, config.dataset.eval_split,
-                config.dataset.test_split):
+  for split in (config.train_split, config.eval_split,
+                config.test_split):
     if split:  # An empty eval or test split name skips that evaluation.
-      pipeline.split_size(builder, split)
+      pipeline.split_size(builder, split, config.dataset)
   total = num_train_steps(config, pipeline.split_size(builder,
-                                                       config.dataset.train_split))
-  return build_setup(config, names, total, builder=builder)
+                                                       config.train_split))
+  ids = pipeline.category_ids(builder, len(names))
+  check_workdir_classes(workdir, config.dataset, names, ids)
+  s = build_setup(config, names, total, builder=builder)
+  return dataclasses.replace(s, category_ids=ids)
+
+
+CLASSES_FILE = 'classes.json'
+
+
+def check_workdir_classes(workdir, dataset, names, category_ids):
+  """The classes of the workdir's checkpoints must be the dataset's.
+
+  workdir/classes.json records the dataset and class names a run trained on;
+  while workdir/checkpoints holds a checkpoint, another dataset's classes (a
+  different count, order or name) stop the run naming both, instead of
+  restoring a head whose outputs mean other classes (or failing on a shape).
+  """
+  path = os.path.join(workdir, CLASSES_FILE)
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  has_checkpoint = os.path.isdir(ckpt_dir) and any(
+      name.isdigit() for name in os.listdir(ckpt_dir))
+  if has_checkpoint and os.path.isfile(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved['class_names'] != list(names):
+      raise errors.ConfigError(
+          f'{workdir} holds checkpoints trained on {saved["dataset"]} with '
+          f'{len(saved["class_names"])} classes {saved["class_names"]}, but '
+          f'config.dataset={dataset!r} has {len(names)} classes {list(names)}; '
+          'use another --workdir (or config.init_from for the backbone)')
+  elif jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump({'dataset': dataset, 'class_names': list(names),
+                 'category_ids': list(category_ids)}, f, indent=1)
 
 
 def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int,
@@ -352,7 +388,7 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
     elif model_config.num_classes != len(class_names):
       raise errors.ConfigError(
           f'config.model.num_classes={model_config.num_classes} but dataset '
-          f'{config.dataset.name} has {len(class_names)} classes '
+          f'{config.dataset} has {len(class_names)} classes '
           f'{list(class_names)}; set it to -1 to take the dataset\'s')
   model_config.lock()
   # Evaluation runs on larger whole images: sizes that decoding depends on
@@ -521,7 +557,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         checkpoints.save(mngr, step, state, _meta(step, config),
                          force=step == s.total_steps)
       if (config.eval_every_steps and step % config.eval_every_steps == 0
-          and step < s.total_steps and config.dataset.eval_split):
+          and step < s.total_steps and config.eval_split):
         if predict_fn is None:
           predict_fn = evaluate.make_predict_fn(s)
         evaluate.evaluate_during_training(config, s, state, workdir, writer,

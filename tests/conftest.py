@@ -114,7 +114,7 @@ def tiny_config(tiny_data_dir):
   """configs/cnn.py:tiny reading the session's tiny dataset (unlocked copy)."""
   import cnn  # pylint: disable=g-import-not-at-top
   config = cnn.get_config('tiny')
-  config.dataset.data_dir = tiny_data_dir
+  config.data_dir = tiny_data_dir
   return config
 
 

@@ -186,7 +186,7 @@ def test_trainer_step_on_config_smoke_variants(module, arg, tiny_data_dir,
   monkeypatch.setenv('DETECTOR_DEPTHWISE_IMPL', 'conv')
   config = module.get_config(arg)
   with config.unlocked():
-    config.dataset.data_dir = tiny_data_dir
+    config.data_dir = tiny_data_dir
   rng = np.random.default_rng(0)
   b, (h, w), k = config.batch_size, config.image_size, config.input.max_boxes
   yx = rng.uniform(0, h - 24, (b, k, 2))

@@ -20,6 +20,7 @@ from pycocotools.cocoeval import COCOeval
 import pytest
 
 from detector import checkpoints
+from detector import errors
 from detector import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,8 +119,8 @@ def test_incompatible_checkpoint_names_the_parameter(tiny_config, tmp_path):
   workdir = str(tmp_path / 'wd')
   tiny_config.num_train_steps = 1
   tiny_config.checkpoint_every_steps = 1
-  tiny_config.dataset.eval_split = ''
-  tiny_config.dataset.test_split = 'validation'
+  tiny_config.eval_split = ''
+  tiny_config.test_split = 'validation'
   train.train_and_evaluate(tiny_config, workdir)
   tiny_config.model.fpn.width = 24
   with pytest.raises(checkpoints.IncompatibleCheckpointError,
@@ -236,7 +237,6 @@ def test_ema_follows_its_formula():
 
 def test_nan_loss_stops_training_naming_the_step(tiny_config, tmp_path,
                                                  monkeypatch):
-  from detector import errors  # pylint: disable=g-import-not-at-top
   from detector.models.heads import centernet  # pylint: disable=g-import-not-at-top
   real_loss = centernet.loss
 
@@ -247,3 +247,21 @@ def test_nan_loss_stops_training_naming_the_step(tiny_config, tmp_path,
   monkeypatch.setattr(centernet, 'loss', nan_loss)
   with pytest.raises(errors.TrainingDivergedError, match='nan at step 1'):
     train.train_and_evaluate(tiny_config, str(tmp_path / 'wd'))
+
+
+def test_class_list_must_match_the_workdirs_checkpoints(tmp_path):
+  workdir = str(tmp_path / 'wd')
+  shapes = ['circle', 'triangle', 'square', 'star', 'cross', 'crescent']
+  train.check_workdir_classes(workdir, 'shapes', shapes, range(1, 7))
+  # No checkpoint yet: another dataset may start over in the workdir.
+  train.check_workdir_classes(workdir, 'coco_json:/data/pets', ['cat', 'dog'], [3, 7])
+  train.check_workdir_classes(workdir, 'shapes', shapes, range(1, 7))
+  os.makedirs(os.path.join(workdir, 'checkpoints', '500'))
+  train.check_workdir_classes(workdir, 'shapes/tiny', shapes, range(1, 7))
+  with pytest.raises(errors.ConfigError, match=(
+      r"trained on shapes with 6 classes \['circle'.*'crescent'\], but "
+      r"config.dataset='coco_json:/data/pets' has 2 classes \['cat', 'dog'\]")):
+    train.check_workdir_classes(workdir, 'coco_json:/data/pets', ['cat', 'dog'], [3, 7])
+  # The same count in another order is another head too.
+  with pytest.raises(errors.ConfigError, match='6 classes'):
+    train.check_workdir_classes(workdir, 'shapes', shapes[::-1], range(1, 7))

@@ -1,8 +1,11 @@
 """tf.data input pipelines from TFDS detection datasets to fixed-shape batches.
 
-Every dataset is read through TFDS with the features of `coco/2017`
-(`image`, `image/id`, `objects/{bbox, label, is_crowd}`); the built-in `shapes`
-dataset has the same structure. Batches are dicts of numpy arrays:
+Every dataset is read through TFDS (see `detector.data.datasets`) with the
+features of `coco/2017` (`image`, `image/id`, `objects/{bbox, label,
+is_crowd}`), as `shapes` and converted folders have them; datasets without
+`image/id` (voc) get a hash of `image/filename`, and VOC's `is_difficult`
+boxes are ignored regions like COCO's crowd boxes. Batches are dicts of numpy
+arrays:
 
   `image`      uint8 [b, H, W, 3]: for training a random crop of size
                `config.input.image_size` of the image resized (aspect
@@ -36,21 +39,21 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detector import errors
+from detector.data import datasets
 from detector.data import preprocess
 
 
 def get_builder(config: ml_collections.ConfigDict):
-  """The TFDS builder of `config.dataset.name` (registering `shapes` first)."""
-  from detector.data import shapes  # pylint: disable=g-import-not-at-top,unused-import
-  try:
-    return tfds.builder(config.dataset.name, data_dir=config.dataset.data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise errors.ConfigError(f'config.dataset.name={config.dataset.name!r} is not a '
-                     f'known TFDS dataset: {e}') from None
+  """The TFDS builder of `config.dataset`: a TFDS name or a folder spec
+  (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`, converted once; see
+  `detector.data.datasets`)."""
+  return datasets.get_builder(config.dataset, config.data_dir)
 
 
 def prepare(builder):
   """Generates the dataset if missing (local generation only for `shapes`)."""
+  if isinstance(builder, tfds.core.read_only_builder.ReadOnlyBuilder):
+    return  # A converted folder: written whole by get_builder.
   if jax.process_index() == 0:
     builder.download_and_prepare()
   if jax.process_count() > 1:
@@ -62,18 +65,43 @@ def class_names(builder):
   return list(builder.info.features['objects']['label'].names)
 
 
-def split_size(builder, split: str) -> int:
+def category_ids(builder, num_classes):
+  """The dataset's own category id of each label (COCO files carry these)."""
+  return datasets.category_ids(builder, num_classes)
+
+
+def split_size(builder, split: str, spec: Optional[str] = None) -> int:
+  """The number of examples of `split`; `spec` names the dataset in errors."""
   try:
     return builder.info.splits[split].num_examples
-  except KeyError:
-    raise errors.ConfigError(f'split {split!r} is not in {builder.info.full_name}; it has '
-                     f'{sorted(builder.info.splits)}') from None
+  except (KeyError, ValueError):  # TFDS raises either, by version and split.
+    raise errors.ConfigError(
+        f'split {split!r} is not in {spec or builder.info.full_name}; it has '
+        f'{sorted(builder.info.splits)}') from None
 
 
 def _process_split(split: str) -> str:
   if jax.process_count() == 1:
     return split
   return tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+
+
+def image_id(example):
+  """The example's image id: `image/id` where the dataset has one (coco,
+  shapes, converted folders), else a stable 62-bit hash of `image/filename`
+  (voc), the same in training, evaluation and the written COCO files."""
+  if 'image/id' in example:
+    return tf.cast(example['image/id'], tf.int64)
+  return tf.strings.to_hash_bucket_fast(example['image/filename'], 2**62)
+
+
+def ignored(objects):
+  """Boxes that are regions to ignore, not objects to detect: COCO's
+  `is_crowd`, VOC's `is_difficult` (VOC's evaluation ignores them too)."""
+  for key in ('is_crowd', 'is_difficult'):
+    if key in objects:
+      return tf.cast(objects[key], tf.bool)
+  return tf.zeros(tf.shape(objects['label']), tf.bool)
 
 
 def _decode(example):
@@ -84,12 +112,12 @@ def _decode(example):
   boxes = preprocess.normalized_to_pixels(objects['bbox'], shape[0], shape[1])
   # Crowd regions are not objects to detect; evaluation reads them from the
   # ground truth directly and ignores detections on them, as COCO does.
-  keep = tf.logical_not(tf.cast(objects['is_crowd'], tf.bool))
+  keep = tf.logical_not(ignored(objects))
   return {
       'image': image,
       'boxes': tf.boolean_mask(boxes, keep),
       'labels': tf.boolean_mask(tf.cast(objects['label'], tf.int32), keep),
-      'image_id': tf.cast(example['image/id'], tf.int64),
+      'image_id': image_id(example),
       'orig_size': shape[:2],
   }
 
@@ -145,7 +173,7 @@ def train_dataset(config: ml_collections.ConfigDict, builder,
                   start_step: int = 0) -> tf.data.Dataset:
   """The endless training stream of this process, from `start_step` on."""
   local_batch = config.batch_size // jax.process_count()
-  split = _process_split(config.dataset.train_split)
+  split = _process_split(config.train_split)
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           read_config=tfds.ReadConfig(shuffle_seed=config.seed))
   ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
@@ -220,33 +248,41 @@ def empty_batch(n, image_size, max_boxes):
   }
 
 
-def groundtruth_coco(builder, split: str, names) -> dict:
+def groundtruth_coco(builder, split: str, names, category_ids=None) -> dict:
   """The whole split's ground truth as a COCO annotation dict.
 
   Boxes are `[x, y, w, h]` in pixels of the original images; category ids
-  are label + 1 (names from the dataset's metadata). Read on the host from
-  TFDS directly, so nothing the training pipeline pads or cuts is lost.
+  are `category_ids[label]` (default label + 1), names from the dataset's
+  metadata. Read on the host from TFDS directly, so nothing the training
+  pipeline pads or cuts is lost.
   """
+  ids = list(category_ids or range(1, len(names) + 1))
   ds = builder.as_dataset(split=split, shuffle_files=False)
   # Only the image size is needed: decode in parallel inside tf.data and hand
   # the host a shape, not the pixels.
-  ds = ds.map(lambda ex: dict(ex, image=tf.shape(ex['image'])[:2]),
-              num_parallel_calls=tf.data.AUTOTUNE).prefetch(64)
+  def fields(ex):
+    objects = ex['objects']
+    out = {'size': tf.shape(ex['image'])[:2], 'image_id': image_id(ex),
+           'bbox': objects['bbox'], 'label': objects['label'],
+           'ignore': ignored(objects)}
+    if 'area' in objects:
+      out['area'] = tf.cast(objects['area'], tf.float64)
+    return out
+  ds = ds.map(fields, num_parallel_calls=tf.data.AUTOTUNE).prefetch(64)
   images, annotations = [], []
   for ex in tfds.as_numpy(ds):
-    h, w = ex['image']
-    image_id = int(ex['image/id'])
-    images.append({'id': image_id, 'height': int(h), 'width': int(w)})
-    objects = ex['objects']
-    for i, (box, label) in enumerate(zip(objects['bbox'], objects['label'])):
+    h, w = ex['size']
+    image_id_ = int(ex['image_id'])
+    images.append({'id': image_id_, 'height': int(h), 'width': int(w)})
+    for i, (box, label) in enumerate(zip(ex['bbox'], ex['label'])):
       ymin, xmin, ymax, xmax = (float(v) for v in box * [h, w, h, w])
-      area = objects['area'][i] if 'area' in objects else (ymax - ymin) * (xmax - xmin)
+      area = ex['area'][i] if 'area' in ex else (ymax - ymin) * (xmax - xmin)
       annotations.append({
-          'id': len(annotations) + 1, 'image_id': image_id,
-          'category_id': int(label) + 1,
+          'id': len(annotations) + 1, 'image_id': image_id_,
+          'category_id': ids[int(label)],
           'bbox': [xmin, ymin, xmax - xmin, ymax - ymin],
           'area': float(area),
-          'iscrowd': int(objects['is_crowd'][i]) if 'is_crowd' in objects else 0,
+          'iscrowd': int(ex['ignore'][i]),
       })
   return {'images': images, 'annotations': annotations,
-          'categories': [{'id': i + 1, 'name': n} for i, n in enumerate(names)]}
+          'categories': [{'id': ids[i], 'name': n} for i, n in enumerate(names)]}
