@@ -36,8 +36,18 @@ def detection_config() -> ml_collections.ConfigDict:
   config.input.image_size = config.get_ref('image_size')
   config.input.eval_image_size = config.get_ref('eval_image_size')
   config.input.max_boxes = 16         # Ground truth padded/cut to this many boxes.
-  config.input.hflip = True
-  config.input.scale_jitter = (0.75, 1.25)  # Scale multiplier range; (1, 1) disables.
+  # Box-aware training augmentations, applied in this order: 'mosaic' (with
+  # probability mosaic_prob, four images in the quadrants around a random
+  # centre, each flipped and scaled on its own), 'hflip', 'scale_jitter'
+  # (random scale in scale_jitter, times the fit to eval_image_size, then a
+  # random image_size crop), 'color_jitter' (brightness, contrast,
+  # saturation). Boxes cut by a crop or a quadrant keep their visible part if
+  # it is at least min_visible_fraction of the box, else are dropped.
+  config.input.augmentations = ('hflip', 'scale_jitter')
+  config.input.scale_jitter = (0.75, 1.25)  # Scale multiplier range.
+  config.input.color_jitter = ml_collections.ConfigDict(dict(
+      brightness=0.1, contrast=0.1, saturation=0.1))
+  config.input.mosaic_prob = 0.5
   config.input.min_visible_fraction = 0.3   # Boxes cut more than this by a crop are dropped.
   config.input.shuffle_buffer = 10_000
   config.input.cache = True           # Keep decoded training images in memory.

@@ -71,6 +71,7 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
           f'config.{key}={size}: both sides must be positive multiples of '
           f'{stride}, the largest stride of this model; for example '
           f'--config.{key}="{fix}"')
+  pipeline.check_augmentations(config)
   lo, hi = config.input.scale_jitter
   if not 0 < lo <= hi:
     raise errors.ConfigError(f'config.input.scale_jitter={(lo, hi)}: need 0 < min <= max')

@@ -145,33 +145,105 @@ def _finish(image, boxes, labels, info, example, max_boxes, min_visible):
   }
 
 
+AUGMENTATIONS = ('hflip', 'scale_jitter', 'color_jitter', 'mosaic')
+
+
+def check_augmentations(config):
+  unknown = [a for a in config.input.augmentations if a not in AUGMENTATIONS]
+  if unknown:
+    raise errors.ConfigError(
+        f'config.input.augmentations has {unknown}; known: {list(AUGMENTATIONS)}')
+
+
 def _train_map(config, seed):
+  """(index, example[, 3 partners]) -> one training example.
+
+  Every random draw comes from (seed, index): per example, a flip seed and a
+  jitter seed split from it (as before other augmentations existed, so the
+  default stream is unchanged), and fold-ins for the rest.
+  """
   size = tuple(config.input.image_size)
   fit_size = tuple(config.input.eval_image_size)
-  lo, hi = config.input.scale_jitter
+  augment = tuple(config.input.augmentations)
+  lo, hi = config.input.scale_jitter if 'scale_jitter' in augment else (1.0, 1.0)
+  min_visible = config.input.min_visible_fraction
 
-  def fn(index, example):
-    example_seed = tf.random.experimental.stateless_fold_in(
-        tf.constant([seed, 0], tf.int64), index)
-    flip_seed, jitter_seed = tf.unstack(
-        tf.random.experimental.stateless_split(example_seed, 2))
+  def place(example, flip_seed, jitter_seed):
+    """Flip and scale / crop one example onto the output canvas."""
     image, boxes = example['image'], example['boxes']
-    if config.input.hflip:
+    if 'hflip' in augment:
       image, boxes = preprocess.random_horizontal_flip(image, boxes, flip_seed)
-      example = dict(example, boxes=boxes)
     if (lo, hi) != (1.0, 1.0) or fit_size != size:
-      image, boxes, info = preprocess.random_scale_jitter(
+      image, clipped, info = preprocess.random_scale_jitter(
           image, boxes, size, lo, hi, jitter_seed, fit_size=fit_size)
     else:
-      image, boxes, info = preprocess.resize_and_pad(image, boxes, size)
-    return _finish(image, boxes, example['labels'], info, example,
-                   config.input.max_boxes, config.input.min_visible_fraction)
+      image, clipped, info = preprocess.resize_and_pad(image, boxes, size)
+    return image, clipped, dict(example, boxes=boxes), info
+
+  def color(image, example_seed):
+    if 'color_jitter' not in augment:
+      return image
+    c = config.input.color_jitter
+    return preprocess.random_color_jitter(
+        image, tf.random.experimental.stateless_fold_in(example_seed, 3),
+        brightness=c.brightness, contrast=c.contrast, saturation=c.saturation)
+
+  def single(example, example_seed):
+    flip_seed, jitter_seed = tf.unstack(
+        tf.random.experimental.stateless_split(example_seed, 2))
+    image, clipped, example, info = place(example, flip_seed, jitter_seed)
+    return _finish(color(image, example_seed), clipped, example['labels'], info,
+                   example, config.input.max_boxes, min_visible)
+
+  def combined(examples, example_seed):
+    canvases, boxes, labels, valid = [], [], [], []
+    info0 = None
+    for k, example in enumerate(examples):
+      seeds = tf.random.experimental.stateless_split(
+          tf.random.experimental.stateless_fold_in(example_seed, 10 + k), 2)
+      image, _, example, info = place(example, seeds[0], seeds[1])
+      info0 = info0 or info
+      canvases.append(image)
+      boxes.append(preprocess.transform_boxes(example['boxes'], info))
+      labels.append(example['labels'])
+      valid.append(info['valid_size'])
+    image, boxes, labels, keep = preprocess.mosaic(
+        canvases, boxes, labels, valid,
+        tf.random.experimental.stateless_fold_in(example_seed, 4), min_visible)
+    padded = preprocess.pad_to_max_boxes(boxes, labels, keep, config.input.max_boxes)
+    image = color(image, example_seed)
+    first = examples[0]
+    return {
+        'image': tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
+        'boxes': padded['boxes'], 'labels': padded['labels'],
+        'box_mask': padded['mask'], 'num_dropped': padded['num_dropped'],
+        'image_id': first['image_id'], 'scale': info0['scale'],
+        'orig_size': first['orig_size'], 'example_mask': tf.constant(True),
+    }
+
+  def fn(index, examples):
+    example_seed = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, 0], tf.int64), index)
+    if 'mosaic' not in augment:
+      return single(examples, example_seed)
+    use = tf.random.stateless_uniform(
+        [], tf.random.experimental.stateless_fold_in(example_seed, 5)
+    ) < config.input.mosaic_prob
+    return tf.cond(use, lambda: combined(examples, example_seed),
+                   lambda: single(examples[0], example_seed))
   return fn
 
 
 def train_dataset(config: ml_collections.ConfigDict, builder,
                   start_step: int = 0) -> tf.data.Dataset:
-  """The endless training stream of this process, from `start_step` on."""
+  """The endless training stream of this process, from `start_step` on.
+
+  With 'mosaic' among `config.input.augmentations` each element also draws
+  three partner images from three more shuffles of the same cached split
+  (seeds seed+1..seed+3; each holds its own shuffle buffer), so example i of
+  the stream stays a function of (seed, i) and resuming stays exact.
+  """
+  check_augmentations(config)
   local_batch = config.batch_size // jax.process_count()
   split = _process_split(config.train_split)
   ds = builder.as_dataset(split=split, shuffle_files=False,
@@ -179,18 +251,24 @@ def train_dataset(config: ml_collections.ConfigDict, builder,
   ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
   if config.input.cache:
     ds = ds.cache()
-  ds = ds.shuffle(config.input.shuffle_buffer, seed=config.seed,
-                  reshuffle_each_iteration=True)
-  ds = ds.repeat().enumerate()
-  ds = ds.skip(start_step * local_batch)
-  ds = ds.map(_train_map(config, config.seed),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch, drop_remainder=True)
+
+  def shuffled(seed):
+    return ds.shuffle(config.input.shuffle_buffer, seed=seed,
+                      reshuffle_each_iteration=True).repeat()
+
+  if 'mosaic' in config.input.augmentations:
+    stream = tf.data.Dataset.zip(tuple(shuffled(config.seed + k) for k in range(4)))
+  else:
+    stream = shuffled(config.seed)
+  stream = stream.enumerate().skip(start_step * local_batch)
+  stream = stream.map(_train_map(config, config.seed),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  stream = stream.batch(local_batch, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(1, config.input.num_threads)
-  ds = ds.with_options(options)
-  return ds.prefetch(config.input.prefetch)
+  stream = stream.with_options(options)
+  return stream.prefetch(config.input.prefetch)
 
 
 def eval_batches(config: ml_collections.ConfigDict, builder, split: str,

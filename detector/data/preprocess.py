@@ -504,3 +504,74 @@ def random_color_jitter(
     grey = tf.reduce_sum(image * _LUMA_WEIGHTS, axis=-1, keepdims=True)
     image = tf.clip_by_value(grey + (image - grey) * factor, 0.0, 255.0)
   return image
+
+
+def mosaic(
+    canvases,
+    boxes,
+    labels,
+    valid_sizes,
+    seed: tf.Tensor,
+    min_visible_fraction: float = 0.0,
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Four training images in one: quadrant k around a random centre shows image k.
+
+  The four inputs are already at the output size (e.g. from
+  `random_scale_jitter`), so each keeps its own scale and crop, and the
+  mosaic does not resample: output pixel (y, x) in quadrant k is pixel
+  (y, x) of canvas k. The centre (cy, cx) is a uniform integer in
+  [H/4, 3H/4] x [W/4, 3W/4]; quadrants are 0 top-left, 1 top-right,
+  2 bottom-left, 3 bottom-right. A box keeps its pixels too: it is clipped to
+  its quadrant (and to its canvas's valid region) and kept when that leaves at
+  least `min_visible_fraction` of its unclipped area, as after a crop.
+
+  Args:
+    canvases: four float tensors [H, W, C] of the same static size.
+    boxes: four float tensors [N_k, 4], `[ymin, xmin, ymax, xmax]` in pixels
+      of their canvas, unclipped (`transform_boxes` of the originals), so that
+      visibility is measured against whole objects.
+    labels: four int tensors [N_k].
+    valid_sizes: four int tensors [2], the part of each canvas the image covers
+      (`info['valid_size']`); the rest is padding.
+    seed: `int32`/`int64` tensor [2], stateless seed of the centre.
+    min_visible_fraction: minimum clipped/unclipped area ratio, in [0, 1].
+
+  Returns:
+    image: float32 [H, W, C].
+    boxes: float32 [sum N_k, 4] clipped to their quadrants.
+    labels: int32 [sum N_k].
+    keep: bool [sum N_k].
+  """
+  height, width = canvases[0].shape[0], canvases[0].shape[1]
+  lo = tf.constant([height // 4, width // 4], tf.int32)
+  hi = tf.constant([3 * height // 4 + 1, 3 * width // 4 + 1], tf.int32)
+  centre = tf.random.stateless_uniform([2], seed, minval=0, maxval=2**30,
+                                       dtype=tf.int32) % (hi - lo) + lo
+  cy, cx = centre[0], centre[1]
+  rows = tf.range(height)[:, None]
+  cols = tf.range(width)[None, :]
+  image = tf.zeros_like(canvases[0])
+  out_boxes, out_labels, out_keep = [], [], []
+  for k in range(4):
+    top, left = k // 2 == 1, k % 2 == 1
+    y0, y1 = (cy, height) if top else (0, cy)
+    x0, x1 = (cx, width) if left else (0, cx)
+    inside = ((rows >= y0) & (rows < y1)) & ((cols >= x0) & (cols < x1))
+    image = tf.where(inside[:, :, None], tf.cast(canvases[k], image.dtype), image)
+    valid = tf.cast(valid_sizes[k], tf.int32)
+    window = tf.cast(tf.stack([y0, x0, tf.minimum(y1, valid[0]),
+                               tf.minimum(x1, valid[1])]), tf.float32)
+    b = tf.convert_to_tensor(boxes[k], tf.float32)
+    clipped = tf.concat([tf.maximum(b[:, :2], window[:2]),
+                         tf.minimum(b[:, 2:], window[2:])], axis=-1)
+    size = tf.maximum(clipped[:, 2:] - clipped[:, :2], 0.0)
+    area = size[:, 0] * size[:, 1]
+    whole = (tf.maximum(b[:, 2] - b[:, 0], 0.0) *
+             tf.maximum(b[:, 3] - b[:, 1], 0.0))
+    out_keep.append((area > 0.0) & (area >= min_visible_fraction * whole))
+    # Boxes left with no area are flagged above; keep their coordinates sane.
+    out_boxes.append(tf.where((area > 0.0)[:, None], clipped,
+                              tf.zeros_like(clipped)))
+    out_labels.append(tf.cast(labels[k], tf.int32))
+  return (image, tf.concat(out_boxes, 0), tf.concat(out_labels, 0),
+          tf.concat(out_keep, 0))
