@@ -21,8 +21,8 @@ import time
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'configs'))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, 'configs')]
 import detector  # pylint: disable=unused-import,wrong-import-position
 
 flags.DEFINE_list('configs', ['cnn', 'resnet50'], 'Config modules in configs/.')
