@@ -180,6 +180,8 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False):
       old = os.path.join(parent, name)
       if name.startswith(prefix) and _source_of(old) == root:
         shutil.rmtree(old, ignore_errors=True)
+    # An interrupted earlier conversion of the same content has no report.
+    shutil.rmtree(directory, ignore_errors=True)
     os.rename(tmp, directory)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

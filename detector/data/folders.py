@@ -128,6 +128,10 @@ class Source:
   class_names: List[str]
   category_ids: List[int]                   # The dataset's id of each label.
   splits: Dict[str, List[Record]]
+  # Found while reading, reported by `check`: categories left out (COCO
+  # placeholders) and YOLO label files without an image, with their box counts.
+  unused_categories: List[str] = dataclasses.field(default_factory=list)
+  orphan_labels: List[Tuple[str, int]] = dataclasses.field(default_factory=list)
 
 
 class Report:
@@ -292,9 +296,8 @@ def read_coco_json(root: str) -> Source:
           (x, y, x + w, y + h), label_of[cid], bool(a.get('iscrowd', 0)),
           where=f'{os.path.basename(path)} annotation {a.get("id", i)}'))
     splits[split] = records
-  source = Source('coco_json', root, [categories[c][0] for c in ids], ids, splits)
-  source.unused_categories = report_unused
-  return source
+  return Source('coco_json', root, [categories[c][0] for c in ids], ids, splits,
+                unused_categories=report_unused)
 
 
 # Pascal VOC.
@@ -465,9 +468,8 @@ def read_yolo(root: str) -> Source:
           path = os.path.join(label_dir, name)
           orphans.append((path, len(_yolo_boxes(path, len(names)))))
     splits[split] = records
-  source = Source('yolo', root, names, list(range(len(names))), splits)
-  source.orphan_labels = orphans
-  return source
+  return Source('yolo', root, names, list(range(len(names))), splits,
+                orphan_labels=orphans)
 
 
 def _yolo_boxes(path, num_classes):
@@ -538,10 +540,10 @@ def _open_image(path):
 
 def check(source: Source, report: Report) -> Dict[str, List[Example]]:
   """Opens every image and applies the rules of the module docstring."""
-  for name in getattr(source, 'unused_categories', []):
+  for name in source.unused_categories:
     report.add('unused_category', name)
   report.totals = collections.Counter()
-  for path, num_boxes in getattr(source, 'orphan_labels', []):
+  for path, num_boxes in source.orphan_labels:
     report.add('label_without_image', path)
     report.totals['boxes_read'] += num_boxes
     report.totals['boxes_dropped'] += num_boxes
