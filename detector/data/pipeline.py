@@ -131,7 +131,12 @@ def _finish(image, boxes, labels, info, example, max_boxes, min_visible):
       unclipped, labels, tf.minimum(size[0], info['valid_size'][0]),
       tf.minimum(size[1], info['valid_size'][1]),
       min_visible_fraction=min_visible)
-  padded = preprocess.pad_to_max_boxes(clipped, labels, keep, max_boxes)
+  return _pack(image, clipped, labels, keep, example, info['scale'], max_boxes)
+
+
+def _pack(image, boxes, labels, keep, example, scale, max_boxes):
+  """Pads the kept boxes to max_boxes and packs the example's dict."""
+  padded = preprocess.pad_to_max_boxes(boxes, labels, keep, max_boxes)
   return {
       'image': tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
       'boxes': padded['boxes'],
@@ -139,7 +144,7 @@ def _finish(image, boxes, labels, info, example, max_boxes, min_visible):
       'box_mask': padded['mask'],
       'num_dropped': padded['num_dropped'],
       'image_id': example['image_id'],
-      'scale': info['scale'],
+      'scale': scale,
       'orig_size': example['orig_size'],
       'example_mask': tf.constant(True),
   }
@@ -196,30 +201,21 @@ def _train_map(config, seed):
                    example, config.input.max_boxes, min_visible)
 
   def combined(examples, example_seed):
-    canvases, boxes, labels, valid = [], [], [], []
-    info0 = None
+    canvases, boxes, labels, valid, scales = [], [], [], [], []
     for k, example in enumerate(examples):
       seeds = tf.random.experimental.stateless_split(
           tf.random.experimental.stateless_fold_in(example_seed, 10 + k), 2)
       image, _, example, info = place(example, seeds[0], seeds[1])
-      info0 = info0 or info
       canvases.append(image)
       boxes.append(preprocess.transform_boxes(example['boxes'], info))
       labels.append(example['labels'])
       valid.append(info['valid_size'])
+      scales.append(info['scale'])
     image, boxes, labels, keep = preprocess.mosaic(
         canvases, boxes, labels, valid,
         tf.random.experimental.stateless_fold_in(example_seed, 4), min_visible)
-    padded = preprocess.pad_to_max_boxes(boxes, labels, keep, config.input.max_boxes)
-    image = color(image, example_seed)
-    first = examples[0]
-    return {
-        'image': tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
-        'boxes': padded['boxes'], 'labels': padded['labels'],
-        'box_mask': padded['mask'], 'num_dropped': padded['num_dropped'],
-        'image_id': first['image_id'], 'scale': info0['scale'],
-        'orig_size': first['orig_size'], 'example_mask': tf.constant(True),
-    }
+    return _pack(color(image, example_seed), boxes, labels, keep, examples[0],
+                 scales[0], config.input.max_boxes)
 
   def fn(index, examples):
     example_seed = tf.random.experimental.stateless_fold_in(

@@ -374,8 +374,10 @@ def clip_and_filter_boxes(
     height: TensorLike,
     width: TensorLike,
     min_visible_fraction: float = 0.0,
+    top: TensorLike = 0,
+    left: TensorLike = 0,
 ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """Clips boxes to [0, height] x [0, width] and flags the ones to discard.
+  """Clips boxes to [top, height] x [left, width] and flags the ones to discard.
 
   Nothing is dropped here: the caller gets a keep mask and decides (normally
   `pad_to_max_boxes`). A box is kept when its clipped area is > 0 and at least
@@ -390,9 +392,12 @@ def clip_and_filter_boxes(
   Args:
     boxes: float tensor [N, 4], `[ymin, xmin, ymax, xmax]` in pixels.
     labels: int tensor [N].
-    height: clip window height in pixels (python or tensor scalar).
-    width: clip window width in pixels (python or tensor scalar).
+    height: clip window's bottom edge in pixels (python or tensor scalar):
+      its height when `top` is 0.
+    width: clip window's right edge in pixels (python or tensor scalar).
     min_visible_fraction: minimum clipped/unclipped area ratio, in [0, 1].
+    top: clip window's top edge (default 0; `mosaic` clips to quadrants).
+    left: clip window's left edge (default 0).
 
   Returns:
     boxes: `float32` [N, 4], `[ymin, xmin, ymax, xmax]` clipped to the window.
@@ -401,7 +406,8 @@ def clip_and_filter_boxes(
   """
   boxes = tf.convert_to_tensor(boxes, tf.float32)
   labels = tf.cast(labels, tf.int32)
-  clipped = tf.clip_by_value(boxes, 0.0, _yxyx_factors(height, width))
+  clipped = tf.clip_by_value(boxes, _yxyx_factors(top, left),
+                             _yxyx_factors(height, width))
 
   def area(b):
     return (tf.maximum(b[:, 2] - b[:, 0], 0.0) *
@@ -559,19 +565,11 @@ def mosaic(
     inside = ((rows >= y0) & (rows < y1)) & ((cols >= x0) & (cols < x1))
     image = tf.where(inside[:, :, None], tf.cast(canvases[k], image.dtype), image)
     valid = tf.cast(valid_sizes[k], tf.int32)
-    window = tf.cast(tf.stack([y0, x0, tf.minimum(y1, valid[0]),
-                               tf.minimum(x1, valid[1])]), tf.float32)
-    b = tf.convert_to_tensor(boxes[k], tf.float32)
-    clipped = tf.concat([tf.maximum(b[:, :2], window[:2]),
-                         tf.minimum(b[:, 2:], window[2:])], axis=-1)
-    size = tf.maximum(clipped[:, 2:] - clipped[:, :2], 0.0)
-    area = size[:, 0] * size[:, 1]
-    whole = (tf.maximum(b[:, 2] - b[:, 0], 0.0) *
-             tf.maximum(b[:, 3] - b[:, 1], 0.0))
-    out_keep.append((area > 0.0) & (area >= min_visible_fraction * whole))
-    # Boxes left with no area are flagged above; keep their coordinates sane.
-    out_boxes.append(tf.where((area > 0.0)[:, None], clipped,
-                              tf.zeros_like(clipped)))
+    clipped, _, keep = clip_and_filter_boxes(
+        boxes[k], labels[k], tf.minimum(y1, valid[0]), tf.minimum(x1, valid[1]),
+        min_visible_fraction, top=y0, left=x0)
+    out_boxes.append(clipped)
+    out_keep.append(keep)
     out_labels.append(tf.cast(labels[k], tf.int32))
   return (image, tf.concat(out_boxes, 0), tf.concat(out_labels, 0),
           tf.concat(out_keep, 0))
