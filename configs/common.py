@@ -1,10 +1,12 @@
-"""The settings every detection config shares; each config changes what differs.
+"""The settings configs share; each config changes what differs.
 
 `detection_config()` returns an unlocked ConfigDict: the data, input
 pipeline, heads, optimizer and loop settings of the default job
 (`configs/cnn.py`), without a backbone. A config file sets
 `config.model.backbone` and the sub-config of the same name, changes what it
-needs and returns `config.lock()`.
+needs and returns `config.lock()`. `classification_config()` is the same
+for image classification (`configs/classify.py`); both share the data,
+norm, optimizer and loop settings defined once below.
 """
 
 import ml_collections
@@ -13,6 +15,7 @@ import ml_collections
 def detection_config() -> ml_collections.ConfigDict:
   """The shared defaults (unlocked; `model.backbone` still to be set)."""
   config = ml_collections.ConfigDict()
+  config.task = 'detection'
   config.seed = 0
   # Training sees random (height, width) crops of image_size, cut from images
   # resized to fit eval_image_size (times the scale jitter), so objects have
@@ -25,16 +28,7 @@ def detection_config() -> ml_collections.ConfigDict:
   # The dataset spec: a TFDS name ('shapes', 'shapes/tiny', 'coco/2017',
   # 'voc/2007', ...) or a folder, 'coco_json:DIR', 'voc:DIR' or 'yolo:DIR'
   # (converted once into TFDS under data_dir; see detector/data/datasets.py).
-  config.dataset = 'shapes'
-  # TFDS data dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
-  config.data_dir = ml_collections.FieldReference(None, field_type=str)
-  config.train_split = 'train'
-  config.eval_split = 'validation'   # Evaluated and drawn in TensorBoard ('' skips).
-  config.test_split = 'test'         # Written to workdir/eval/*_test.json ('' skips).
-
-  config.input = ml_collections.ConfigDict()
-  config.input.image_size = config.get_ref('image_size')
-  config.input.eval_image_size = config.get_ref('eval_image_size')
+  _data(config, 'shapes')
   config.input.max_boxes = 16         # Ground truth padded/cut to this many boxes.
   # Box-aware training augmentations, applied in this order: 'mosaic' (with
   # probability mosaic_prob, four images in the quadrants around a random
@@ -49,17 +43,9 @@ def detection_config() -> ml_collections.ConfigDict:
       brightness=0.1, contrast=0.1, saturation=0.1))
   config.input.mosaic_prob = 0.5
   config.input.min_visible_fraction = 0.3   # Boxes cut more than this by a crop are dropped.
-  config.input.shuffle_buffer = 10_000
-  config.input.cache = True           # Keep decoded training images in memory.
-  config.input.prefetch = 2           # Batches prepared ahead on the host.
-  config.input.num_threads = 2        # tf.data worker threads (they share the CPU with XLA).
+  _input_loading(config)
 
-  config.model = ml_collections.ConfigDict()
-  config.model.image_size = config.get_ref('image_size')
-  config.model.num_classes = -1       # -1: from the dataset's metadata.
-  # Each config sets `backbone` and a sub-config of that name (its module's
-  # keyword arguments): config.model.backbone = 'cnn'; config.model.cnn = ...
-  config.model.backbone = ''
+  _model(config)
   config.model.neck = 'fpn'
   config.model.fpn = ml_collections.ConfigDict(dict(
       min_level=2, max_level=5, width=64, use_norm=True))
@@ -74,6 +60,82 @@ def detection_config() -> ml_collections.ConfigDict:
       positive_iou=0.5, negative_iou=0.4, focal_alpha=0.25, focal_gamma=2.0,
       box_loss='giou', huber_delta=0.1, box_loss_weight=2.0,
       pre_nms_topk=1000))
+  config.model.score_threshold = 0.05  # Detections below are not kept.
+  config.model.nms_iou_threshold = 0.5
+  config.model.max_detections = 100
+  config.model.flip_test = True       # Also run mirrored images at evaluation, average.
+
+  _optimizer_and_loop(config)
+  config.num_train_steps = 2300       # Or set num_epochs (> 0), which wins.
+  config.num_images_to_draw = 6       # Validation images drawn in TensorBoard.
+  config.prf_score_threshold = 0.3    # Precision/recall/F1 operating point.
+  return config
+
+
+def classification_config() -> ml_collections.ConfigDict:
+  """The classification defaults (unlocked; `model.backbone` still to be
+  set): `shapes_objects`, 64 px, Inception crops and flips, label smoothing."""
+  config = ml_collections.ConfigDict()
+  config.task = 'classification'
+  config.seed = 0
+  config.image_size = (64, 64)        # Training crops are resized to this.
+  config.eval_image_size = (64, 64)   # The centre crop evaluated.
+  # A TFDS classification dataset ('shapes_objects', 'imagenette',
+  # 'oxford_iiit_pet', 'tf_flowers', 'cats_vs_dogs', ...) or 'folder:DIR'
+  # (class sub-folders; see detector/data/folders.py). Splits take TFDS's
+  # slicing syntax: 'train[:80%]'.
+  _data(config, 'shapes_objects')
+  config.label_key = 'label'          # The ClassLabel feature to predict.
+  # folder:DIR without train/valid/test sub-folders: (train, validation,
+  # test) fractions, each file's split a hash of its path.
+  config.folder_split = (0.8, 0.1, 0.1)
+  # 'random_resized_crop' (area crop_scale x the image, aspect ratio in
+  # crop_aspect_ratio, resized to image_size), 'hflip', 'color_jitter'.
+  config.input.augmentations = ('random_resized_crop', 'hflip')
+  config.input.crop_scale = (0.08, 1.0)
+  config.input.crop_aspect_ratio = (3 / 4, 4 / 3)
+  config.input.color_jitter = ml_collections.ConfigDict(dict(
+      brightness=0.1, contrast=0.1, saturation=0.1))
+  # Evaluation resizes to cover eval_image_size / this, then crops the centre.
+  config.input.eval_crop_fraction = 0.875
+  _input_loading(config)
+
+  _model(config)
+  config.model.label_smoothing = 0.1
+  config.model.flip_test = False      # Also average the mirror image's probabilities.
+
+  _optimizer_and_loop(config)
+  config.num_train_steps = 1000       # Or set num_epochs (> 0), which wins.
+  return config
+
+
+def _data(config, dataset):
+  config.dataset = dataset
+  # TFDS data dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.train_split = 'train'
+  config.eval_split = 'validation'   # Evaluated during and after training ('' skips).
+  config.test_split = 'test'         # Written to workdir/eval/*_test.json ('' skips).
+  config.input = ml_collections.ConfigDict()
+  config.input.image_size = config.get_ref('image_size')
+  config.input.eval_image_size = config.get_ref('eval_image_size')
+
+
+def _input_loading(config):
+  config.input.shuffle_buffer = 10_000
+  config.input.cache = True           # Keep decoded training images in memory.
+  config.input.prefetch = 2           # Batches prepared ahead on the host.
+  config.input.num_threads = 2        # tf.data worker threads (they share the CPU with XLA).
+
+
+def _model(config):
+  """Settings of every model: classes, backbone, norms, dtype, pixel stats."""
+  config.model = ml_collections.ConfigDict()
+  config.model.image_size = config.get_ref('image_size')
+  config.model.num_classes = -1       # -1: from the dataset's metadata.
+  # Each config sets `backbone` and a sub-config of that name (its module's
+  # keyword arguments): config.model.backbone = 'cnn'; config.model.cnn = ...
+  config.model.backbone = ''
   config.model.norm = 'batch_norm'    # batch_norm | frozen_batch_norm | sync_batch_norm
   config.model.backbone_norm = ''     # The backbone's, when not `norm` ('' = norm).
   config.model.norm_momentum = 0.9
@@ -84,11 +146,10 @@ def detection_config() -> ml_collections.ConfigDict:
   # else ImageNet's (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375).
   config.model.pixel_mean = ()
   config.model.pixel_std = ()
-  config.model.score_threshold = 0.05  # Detections below are not kept.
-  config.model.nms_iou_threshold = 0.5
-  config.model.max_detections = 100
-  config.model.flip_test = True       # Also run mirrored images at evaluation, average.
 
+
+def _optimizer_and_loop(config):
+  """Optimizer, init_from, EMA, batch and loop settings (both tasks)."""
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'adamw'     # 'adamw' or 'sgd' (momentum).
   config.optimizer.learning_rate = 3e-3  # Peak, reached after warm-up.
@@ -109,18 +170,15 @@ def detection_config() -> ml_collections.ConfigDict:
 
   config.ema_decay = 0.999            # EMA of the weights used for evaluation; 0: off.
   config.batch_size = 16              # Global, over all devices and processes.
-  config.num_train_steps = 2300       # Or set num_epochs (> 0), which wins.
   config.num_epochs = ml_collections.FieldReference(None, field_type=float)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
   # Also score the eval split every this many steps (0: only at the end); the
-  # AP curve goes to TensorBoard and workdir/eval/history_<split>.jsonl.
+  # AP (or accuracy) curve goes to TensorBoard and
+  # workdir/eval/history_<split>.jsonl.
   config.eval_every_steps = 0
   config.keep_checkpoints = 3
   config.eval_batch_size = 64
-  config.num_images_to_draw = 6       # Validation images drawn in TensorBoard.
-  config.prf_score_threshold = 0.3    # Precision/recall/F1 operating point.
-  return config
 
 
 def make_tiny(config: ml_collections.ConfigDict, image_size: int):

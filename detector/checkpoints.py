@@ -163,7 +163,8 @@ def load_backbone(state, path: str, key: str = 'backbone'):
   """Returns `state` with `params[key]` and `batch_stats[key]` from `path`.
 
   Every array the file shares with the backbone is copied (shapes must match:
-  a mismatch is a ConfigError naming the variable); the log lists the module
+  a mismatch is a ConfigError naming the variable, except for a classifier
+  of another class count, left as initialised); the log lists the module
   groups loaded, missing from the file (left as initialised) and in the file
   but unused (e.g. an ImageNet classifier). The EMA, when kept, starts from
   the loaded weights too.
@@ -176,6 +177,16 @@ def load_backbone(state, path: str, key: str = 'backbone'):
     for p, leaf in weights_lib.flatten({collection: tree}).items():
       target[p] = leaf
   loaded = {p for p in target if p in flat_file}
+  # A classifier for another number of classes than the file's (ImageNet's
+  # 1000) starts fresh: that is fine-tuning, not a mismatch.
+  replaced = {p for p in loaded if p.split('/')[1] == 'classifier'
+              and tuple(flat_file[p].shape) != tuple(target[p].shape)}
+  if replaced:
+    logging.info('init_from: the file\'s classifier (%s) is not loaded: it '
+                 'has another number of classes than the config.',
+                 ', '.join(f'{p} {tuple(flat_file[p].shape)}'
+                           for p in sorted(replaced)))
+  loaded -= replaced
   for p in sorted(loaded):
     if tuple(flat_file[p].shape) != tuple(target[p].shape):
       raise errors.ConfigError(
@@ -186,7 +197,7 @@ def load_backbone(state, path: str, key: str = 'backbone'):
         f'config.init_from={path}: no variable of the file has a place in the '
         f'configured backbone (file groups: {_groups(flat_file)[:8]}, '
         f'backbone groups: {_groups(target)[:8]})')
-  missing = set(target) - loaded
+  missing = set(target) - loaded - replaced
   unused = set(flat_file) - loaded
   logging.info('init_from %s (%s from %s): loaded %d arrays in %d groups: %s',
                path, meta.get('arch'), meta.get('source'), len(loaded),

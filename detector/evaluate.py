@@ -8,6 +8,12 @@ place where that conversion happens) and are scored by
 
 Writes `workdir/eval/{metrics,detections,groundtruth}_<split>.json`:
 COCO results and annotation formats, so that pycocotools can re-score them.
+
+A classifier (`config.task='classification'`) is scored by
+`detector.evaluation.classification` instead: accuracy, top-5, per-class
+and macro/micro precision, recall and F1 and the confusion matrix, written
+as `workdir/eval/{metrics,predictions,confusion_matrix}_<split>.json` and
+`confusion_matrix_<split>.png` (also a TensorBoard image).
 """
 
 import json
@@ -21,19 +27,25 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from detector import visualize
+from detector.data import classification as classification_data
 from detector.data import pipeline
+from detector.evaluation import classification as classification_metrics
 from detector.evaluation import coco
 from detector.evaluation import prf
+from detector.models import classifier as classifier_lib
 from detector.models import detector as detector_lib
 from detector.ops import boxes as box_ops
 
 
 def make_predict_fn(setup):
-  """Jitted (variables, images uint8 [B, H, W, 3]) -> detections dict."""
+  """Jitted (variables, images uint8 [B, H, W, 3]) -> detections dict (or a
+  classifier's {'probabilities'})."""
   batch = NamedSharding(setup.mesh, P('data'))
   replicated = NamedSharding(setup.mesh, P())
+  model_lib = (classifier_lib if setup.task == 'classification'
+               else detector_lib)
   return jax.jit(
-      lambda variables, images: detector_lib.predict(
+      lambda variables, images: model_lib.predict(
           setup.eval_model, variables, images, setup.eval_model_config),
       in_shardings=(replicated, batch), out_shardings=batch)
 
@@ -118,6 +130,9 @@ def evaluate_split(config, setup, state, split, predict_fn, writer,
 
   Returns the metrics dict on process 0, None on the others.
   """
+  if setup.task == 'classification':
+    return classification_split(config, setup, state, split, predict_fn,
+                                writer, out_dir)
   step = int(state.step)
   detections, drawn = predict_split(config, setup, state, split, predict_fn,
                                     keep_images=keep_images)
@@ -152,6 +167,60 @@ def evaluate_split(config, setup, state, split, predict_fn, writer,
   return metrics
 
 
+def classification_split(config, setup, state, split, predict_fn, writer,
+                         out_dir=None):
+  """`evaluate_split` for a classifier: every image of `split` once."""
+  step = int(state.step)
+  variables = state.eval_variables()
+  sharding = NamedSharding(setup.mesh, P('data'))
+  parts = {'probabilities': [], 'label': [], 'index': []}
+  for batch in classification_data.eval_batches(config, setup.builder, split):
+    images = jax.make_array_from_process_local_data(sharding, batch['image'])
+    out = {'probabilities': _gather(predict_fn(variables, images)['probabilities'])}
+    out.update({k: _gather(jax.make_array_from_process_local_data(sharding, batch[k]))
+                for k in ('label', 'index', 'example_mask')})
+    for k in parts:
+      parts[k].append(out[k][out['example_mask']])
+  if jax.process_index() != 0:
+    return None
+  order = np.argsort(np.concatenate(parts['index']), kind='stable')
+  probabilities = np.concatenate(parts['probabilities'])[order].astype(np.float64)
+  labels = np.concatenate(parts['label'])[order]
+  names = setup.class_names
+  metrics = classification_metrics.metrics(labels, probabilities, names)
+  metrics.update(step=step, split=split, dataset=config.dataset)
+  matrix = np.asarray(metrics['confusion_matrix'])
+  figure = classification_metrics.confusion_matrix_figure(
+      matrix, names, title=f'{split}, step {step}')
+  if out_dir:
+    files = classification_data.filenames(setup.builder, split)
+    top = np.argsort(-probabilities, axis=1, kind='stable')[:, :5]
+    predictions = [
+        {'index': i, **({'filename': files[i]} if files else {}),
+         'label': names[labels[i]], 'predicted': names[top[i, 0]],
+         'top5': [[names[c], round(float(probabilities[i, c]), 5)]
+                  for c in top[i]]}
+        for i in range(len(labels))]
+    for name, value in (('metrics', metrics), ('predictions', predictions),
+                        ('confusion_matrix', {'class_names': names,
+                                              'rows': 'true class',
+                                              'columns': 'predicted class',
+                                              'matrix': matrix.tolist()})):
+      with open(os.path.join(out_dir, f'{name}_{split}.json'), 'w') as f:
+        f.write(json.dumps(value))
+    visualize.save_png(figure, os.path.join(out_dir,
+                                            f'confusion_matrix_{split}.png'))
+  scalars = {f'{split}/{k}': v for k, v in metrics.items()
+             if isinstance(v, float)}
+  scalars.update({f'{split}/F1_{name}': v['f1']
+                  for name, v in metrics['per_class'].items()})
+  writer.write_scalars(step, scalars)
+  writer.write_images(step, {f'{split}/confusion_matrix': figure[None]})
+  logging.info('%s at step %d:\n%s', split, step,
+               classification_metrics.format_metrics(metrics))
+  return metrics
+
+
 def evaluate_during_training(config, setup, state, workdir, writer, predict_fn):
   """`config.eval_every_steps`: scores the eval split and appends
   {step, AP, AP50, ...} to workdir/eval/history_<split>.jsonl (the AP curve)."""
@@ -174,7 +243,8 @@ def evaluate_all(config, setup, state, workdir, writer) -> dict:
   result = None
   splits = [config.eval_split, config.test_split]
   for split in dict.fromkeys(s for s in splits if s):
-    keep = config.num_images_to_draw if split == config.eval_split else 0
+    keep = (config.get('num_images_to_draw', 0) if split == config.eval_split
+            else 0)
     metrics = evaluate_split(config, setup, state, split, predict_fn, writer,
                              out_dir=out_dir, keep_images=keep)
     if split == config.test_split:

@@ -35,7 +35,9 @@ from detector import errors
 from detector import checkpoints
 from detector import evaluate
 from detector import models
+from detector import tasks
 from detector.data import pipeline
+from detector.models import classifier as classifier_lib
 from detector.models import detector as detector_lib
 from detector.models import layers
 
@@ -54,6 +56,7 @@ def required_stride(model_config: ml_collections.ConfigDict) -> int:
 
 def check_config(config: ml_collections.ConfigDict, workdir: str):
   """Raises ValueError saying what to change for a config that cannot run."""
+  classify = tasks.is_classification(config)
   n_dev, n_proc = jax.device_count(), jax.process_count()
   for key in ('batch_size', 'eval_batch_size'):
     value = config[key]
@@ -62,7 +65,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
           f'config.{key}={value} must be a positive multiple of the number of '
           f'devices ({n_dev}) and processes ({n_proc}); for example '
           f'--config.{key}={max(n_dev, n_dev * round(max(value, 1) / n_dev))}')
-  stride = required_stride(config.model)
+  # A classifier pools globally: any size its backbone takes will do.
+  stride = 1 if classify else required_stride(config.model)
   for key in ('image_size', 'eval_image_size'):
     size = tuple(config[key])
     if len(size) != 2 or any(s <= 0 or s % stride for s in size):
@@ -71,15 +75,16 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
           f'config.{key}={size}: both sides must be positive multiples of '
           f'{stride}, the largest stride of this model; for example '
           f'--config.{key}="{fix}"')
-  pipeline.check_augmentations(config)
-  lo, hi = config.input.scale_jitter
-  if not 0 < lo <= hi:
-    raise errors.ConfigError(f'config.input.scale_jitter={(lo, hi)}: need 0 < min <= max')
+  tasks.data_module(config).check_augmentations(config)
+  if not classify:
+    lo, hi = config.input.scale_jitter
+    if not 0 < lo <= hi:
+      raise errors.ConfigError(f'config.input.scale_jitter={(lo, hi)}: need 0 < min <= max')
+    models.head_module(config.model.head)
   if config.optimizer.name not in ('adamw', 'sgd'):
     raise errors.ConfigError(f'config.optimizer.name={config.optimizer.name!r}: expected '
                      'adamw or sgd')
   detector_lib.compute_dtype(config.model)
-  models.head_module(config.model.head)
   if config.optimizer.freeze_at < 0:
     raise errors.ConfigError(f'config.optimizer.freeze_at={config.optimizer.freeze_at}'
                              ': expected 0 (nothing frozen) or a level >= 1')
@@ -147,7 +152,8 @@ def param_labels(params, batch_stats, config: ml_collections.ConfigDict,
   `detector.backbone_levels`: 1 is the stem, 2 adds the stride-4 stage...),
   and the scale and bias of every BatchNorm that is frozen_batch_norm (its
   statistics are fixed by the norm itself). BACKBONE: the rest of the backbone
-  (learning rate times `optimizer.backbone_lr_mult`). TRAINED: neck and head.
+  (learning rate times `optimizer.backbone_lr_mult`). TRAINED: neck and head,
+  and a classifier's final dense layer (`backbone/classifier`).
   """
   m = config.model
   frozen_norm = {'backbone': (m.backbone_norm or m.norm) == 'frozen_batch_norm',
@@ -160,7 +166,7 @@ def param_labels(params, batch_stats, config: ml_collections.ConfigDict,
     in_backbone = path[0] == 'backbone'
     if frozen_norm['backbone' if in_backbone else None] and path[:-1] in norm_modules:
       return FROZEN
-    if not in_backbone:
+    if not in_backbone or path[1:2] == ('classifier',):
       return TRAINED
     level = levels.get(path[1]) if len(path) > 1 else None
     if level is not None and level <= config.optimizer.freeze_at:
@@ -255,9 +261,6 @@ def update_ema(ema, params, batch_stats, step, decay):
 # Train step.
 # ---------------------------------------------------------------------------
 
-TRAIN_KEYS = ('image', 'boxes', 'labels', 'box_mask')
-
-
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
                head, model_config, schedule, ema_decay=0.0, labels=None
                ) -> Tuple[TrainState, Dict]:
@@ -314,6 +317,7 @@ class Setup:
   class_names: Any
   model_config: ml_collections.ConfigDict  # config.model, resolved, num_classes set.
   eval_model_config: ml_collections.ConfigDict  # The same at config.eval_image_size.
+  task: str                    # 'detection' or 'classification'.
   train_model: nn.Module       # BatchNorm in training mode.
   eval_model: nn.Module        # Same parameters, running statistics.
   tx: Any
@@ -333,14 +337,19 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   check_config(config, workdir)
   builder = pipeline.get_builder(config)
   pipeline.prepare(builder)
-  names = pipeline.class_names(builder)
+  if tasks.is_classification(config):
+    from detector.data import classification  # pylint: disable=g-import-not-at-top
+    names = classification.class_names(builder, config.label_key, config.dataset)
+  else:
+    names = pipeline.class_names(builder, config.dataset)
   for split in (config.train_split, config.eval_split,
                 config.test_split):
     if split:  # An empty eval or test split name skips that evaluation.
       pipeline.split_size(builder, split, config.dataset)
   total = num_train_steps(config, pipeline.split_size(builder,
                                                        config.train_split))
-  ids = pipeline.category_ids(builder, len(names))
+  ids = (list(range(len(names))) if tasks.is_classification(config)
+         else pipeline.category_ids(builder, len(names)))
   check_workdir_classes(workdir, config.dataset, names, ids)
   s = build_setup(config, names, total, builder=builder)
   return dataclasses.replace(s, category_ids=ids)
@@ -398,8 +407,9 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
   with eval_model_config.unlocked():
     eval_model_config.image_size = tuple(config.eval_image_size)
   eval_model_config.lock()
-  train_model = detector_lib.build(model_config, train=True)
-  eval_model = detector_lib.build(model_config, train=False)
+  model_lib = classifier_lib if tasks.is_classification(config) else detector_lib
+  train_model = model_lib.build(model_config, train=True)
+  eval_model = model_lib.build(model_config, train=False)
   labels = None
   if needs_param_labels(config):
     h, w = config.image_size
@@ -424,7 +434,7 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract_state, state_sharding)
   return Setup(mesh=mesh, builder=builder, class_names=list(class_names),
-               model_config=model_config, eval_model_config=eval_model_config,
+               task=tasks.task(config), model_config=model_config, eval_model_config=eval_model_config,
                train_model=train_model,
                eval_model=eval_model, tx=tx, schedule=schedule,
                total_steps=total_steps, ema_decay=config.ema_decay,
@@ -434,7 +444,9 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
 
 def make_train_step(s: Setup):
   """The jitted train step: batch sharded over 'data', state replicated and donated."""
-  head = models.head_module(s.model_config.head)
+  # The object whose loss(outputs, batch, model_config) the step minimises.
+  head = (classifier_lib if s.task == 'classification'
+          else models.head_module(s.model_config.head))
   return jax.jit(
       functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,
                         model_config=s.model_config, schedule=s.schedule,
@@ -444,7 +456,8 @@ def make_train_step(s: Setup):
       donate_argnums=0)
 
 
-def device_batch(batch: Dict[str, np.ndarray], sharding, keys=TRAIN_KEYS):
+def device_batch(batch: Dict[str, np.ndarray], sharding,
+                 keys=tasks.DETECTION_KEYS):
   """This process's numpy batch -> global jax.Arrays sharded over the mesh."""
   return {k: jax.make_array_from_process_local_data(sharding, batch[k])
           for k in keys}
@@ -511,7 +524,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 
   batch_sharding = NamedSharding(s.mesh, P('data'))
   step_fn = make_train_step(s)
-  train_iter = iter(pipeline.train_dataset(config, s.builder, start_step=start)
+  data = tasks.data_module(config)
+  keys = tasks.train_keys(config)
+  train_iter = iter(data.train_dataset(config, s.builder, start_step=start)
                     .as_numpy_iterator()) if start < s.total_steps else iter(())
   report = periodic_actions.ReportProgress(num_train_steps=s.total_steps,
                                            writer=writer,
@@ -527,8 +542,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   with _Preemption() as preemption:
     for step in range(start + 1, s.total_steps + 1):
       batch = next(train_iter)
-      num_dropped += int(batch['num_dropped'].sum())
-      state, metrics = step_fn(state, device_batch(batch, batch_sharding))
+      if 'num_dropped' in batch:
+        num_dropped += int(batch['num_dropped'].sum())
+      state, metrics = step_fn(state, device_batch(batch, batch_sharding, keys))
       if collection is None:
         collection = metrics_collection(sorted(metrics))
         # One compiled call per step instead of a dozen eager ops: at ~0.2 s
@@ -545,7 +561,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       if step % config.log_every_steps == 0 or step == s.total_steps:
         _check_finite(*pending)
         values = {f'train/{k}': v for k, v in train_metrics.compute().items()}
-        values['train/boxes_over_max_boxes'] = num_dropped
+        if s.task == 'detection':
+          values['train/boxes_over_max_boxes'] = num_dropped
         writer.write_scalars(step, values)
         train_metrics = None
       if preemption.requested:

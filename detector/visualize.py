@@ -1,4 +1,4 @@
-"""Drawing boxes on images for TensorBoard summaries (numpy only)."""
+"""Drawing boxes on images for TensorBoard summaries (numpy; PNG files via PIL)."""
 
 import numpy as np
 
@@ -39,3 +39,9 @@ def detections_figure(image, gt_boxes, pred_boxes, upscale=2):
   image = np.repeat(np.repeat(np.asarray(image, np.uint8), upscale, 0), upscale, 1)
   image = draw_boxes(image, np.asarray(gt_boxes) * upscale, GROUND_TRUTH_COLOUR)
   return draw_boxes(image, np.asarray(pred_boxes) * upscale, PREDICTION_COLOUR)
+
+
+def save_png(image, path):
+  """Writes a uint8 [H, W, 3] image as PNG."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.asarray(image, np.uint8)).save(path)

@@ -1,8 +1,9 @@
 """Dataset specs -> TFDS builders: TFDS names, and folders converted once.
 
 `config.dataset` is either a TFDS dataset name (`shapes`, `shapes/tiny`,
-`coco/2017`, `voc/2007`, ...) or a folder spec, `coco_json:DIR`, `voc:DIR`
-or `yolo:DIR` (layouts in `detector.data.folders`). A folder is read,
+`coco/2017`, `voc/2007`, `imagenette`, ...) or a folder spec, `coco_json:DIR`,
+`voc:DIR`, `yolo:DIR` (detection) or `folder:DIR` (classification; layouts
+in `detector.data.folders`). A folder is read,
 checked and written once as a TFDS dataset under
 
   DATA_DIR/detector_folders/<kind>_<folder name>_<fingerprint>/
@@ -14,8 +15,10 @@ size and modification time, so an edited folder is converted again (and the
 stale conversion removed); an unchanged one is read from the cache. Training
 then reads the same fast format whatever the source.
 
-Every builder has the features of TFDS's `coco/2017` that the pipeline reads
-(`image`, `image/id`, `objects/{bbox, label, is_crowd}`). `category_ids(builder)`
+Every detection builder has the features of TFDS's `coco/2017` that the
+pipeline reads (`image`, `image/id`, `objects/{bbox, label, is_crowd}`); a
+classification folder has `image`, `label`, `image/id` and `image/filename`,
+as TFDS's classification datasets have `image` and `label`. `category_ids(builder)`
 gives the dataset's own id of each contiguous label, written back into
 `detections_*.json` and `groundtruth_*.json`: a folder's own ids, COCO's 80
 ids (1-90 with gaps) for `coco/*`, else label + 1.
@@ -99,13 +102,46 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       }
 
 
+class ClassFolderDataset(FolderDataset, skip_registration=True):
+  """The checked images of a `folder:` classification dataset."""
+
+  name = 'detector_class_folder'
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self._description,
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3)),
+            'image/id': tf.int64,
+            'image/filename': tfds.features.Text(),
+            'label': tfds.features.ClassLabel(names=self._class_names),
+        }),
+        supervised_keys=('image', 'label'),
+    )
+
+  def _generate_examples(self, split):
+    for ex in self._examples[split]:
+      yield ex.image_id, {'image': ex.encoded, 'image/id': ex.image_id,
+                          'image/filename': ex.filename, 'label': ex.label}
+
+
+def _builder_class(kind):
+  return ClassFolderDataset if kind == 'folder' else FolderDataset
+
+
 def data_dir(config_data_dir=None) -> str:
   return os.path.expanduser(config_data_dir or os.environ.get('TFDS_DATA_DIR')
                             or '~/tensorflow_datasets')
 
 
-def get_builder(spec: str, config_data_dir=None, verbose=True):
-  """The prepared-or-preparable TFDS builder of a dataset spec."""
+def get_builder(spec: str, config_data_dir=None, verbose=True,
+                split_fractions=folders.DEFAULT_SPLIT_FRACTIONS):
+  """The prepared-or-preparable TFDS builder of a dataset spec.
+
+  `split_fractions` (train, validation, test) split a `folder:` without
+  split folders.
+  """
   parsed = folders.parse_spec(spec)
   if parsed is None:
     from detector.data import shapes  # pylint: disable=g-import-not-at-top,unused-import
@@ -119,31 +155,38 @@ def get_builder(spec: str, config_data_dir=None, verbose=True):
   kind, root = parsed
   directory = None
   if jax.process_index() == 0:
-    directory, _ = convert(kind, root, data_dir(config_data_dir), verbose=verbose)
+    directory, _ = convert(kind, root, data_dir(config_data_dir), verbose=verbose,
+                           split_fractions=split_fractions)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices('folder dataset converted')
-    directory = _cache_path(kind, root, data_dir(config_data_dir))
-  return tfds.builder_from_directory(_version_dir(directory))
+    directory = _cache_path(kind, root, data_dir(config_data_dir),
+                            split_fractions)
+  return tfds.builder_from_directory(_version_dir(directory, kind))
 
 
-def _cache_path(kind, root, base):
-  fp = folders.fingerprint(kind, root, CONVERTER_VERSION)
+def _cache_path(kind, root, base, split_fractions=folders.DEFAULT_SPLIT_FRACTIONS):
+  version = CONVERTER_VERSION
+  if kind == 'folder':  # The random split is part of the content.
+    version += f' {folders.check_split_fractions(split_fractions)}'
+  fp = folders.fingerprint(kind, root, version)
   return os.path.join(base, 'detector_folders',
                       f'{kind}_{folders.safe_name(root)}_{fp[:16]}')
 
 
-def _version_dir(directory):
-  return os.path.join(directory, FolderDataset.name, str(FolderDataset.VERSION))
+def _version_dir(directory, kind):
+  cls = _builder_class(kind)
+  return os.path.join(directory, cls.name, str(cls.VERSION))
 
 
-def convert(kind: str, root: str, base_dir: str, verbose=True, force=False):
+def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
+            split_fractions=folders.DEFAULT_SPLIT_FRACTIONS):
   """Converts the folder unless an up-to-date conversion exists.
 
   Returns (directory, report dict). Raises folders.DataError on a folder or
   file that cannot be read as the spec says.
   """
-  directory = _cache_path(kind, root, base_dir)
+  directory = _cache_path(kind, root, base_dir, split_fractions)
   report_path = os.path.join(directory, 'report.json')
   if os.path.isfile(report_path) and not force:
     with open(report_path) as f:
@@ -151,14 +194,14 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False):
     if verbose:
       logging.info('Dataset %s:%s: using the conversion in %s', kind, root, directory)
     return directory, report
-  source = folders.read(kind, root)
+  source = folders.read(kind, root, split_fractions)
   problems = folders.Report()
   examples = folders.check(source, problems)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.converting_', dir=parent)
   try:
-    builder = FolderDataset(
+    builder = _builder_class(kind)(
         class_names=source.class_names, examples=examples, data_dir=tmp,
         description=f'{kind}:{root} converted by detector.data.datasets')
     builder.download_and_prepare(
@@ -166,10 +209,11 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False):
             download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
     report = build_report(f'{kind}:{root}', source, examples, problems)
     report['plots'] = [os.path.join(directory, os.path.basename(p)) for p in
-                       folders.plot(examples, tmp)]
-    report['dataset_dir'] = _version_dir(directory)
+                       folders.plot(examples, tmp, source.class_names
+                                    if kind == 'folder' else None)]
+    report['dataset_dir'] = _version_dir(directory, kind)
     report['report'] = report_path
-    with open(os.path.join(_version_dir(tmp), CATEGORIES_FILE), 'w') as f:
+    with open(os.path.join(_version_dir(tmp, kind), CATEGORIES_FILE), 'w') as f:
       json.dump({'names': source.class_names,
                  'category_ids': source.category_ids}, f)
     with open(os.path.join(tmp, 'report.json'), 'w') as f:
@@ -200,10 +244,14 @@ def _source_of(directory):
 
 def build_report(spec, source, examples, problems) -> dict:
   totals = dict(problems.totals)
-  for key in ('images_read', 'images_kept', 'images_skipped', 'boxes_read',
-              'boxes_kept', 'boxes_dropped'):
+  keys = ['images_read', 'images_kept', 'images_skipped']
+  if source.kind != 'folder':
+    keys += ['boxes_read', 'boxes_kept', 'boxes_dropped']
+    totals['boxes_clipped'] = problems.count('box_clipped')
+  for key in keys:
     totals.setdefault(key, 0)
-  totals['boxes_clipped'] = problems.count('box_clipped')
+  if source.kind == 'folder':
+    totals = {k: v for k, v in totals.items() if not k.startswith('boxes')}
   return {
       'spec': spec,
       'source': source.root,
@@ -219,11 +267,18 @@ def format_report(report: dict, max_files: int = 5) -> str:
   """The report as text, for the log and the console."""
   lines = [f'Data-quality report for {report["spec"]}']
   t = report['totals']
-  lines.append(f'  images: {t["images_read"]} read, {t["images_kept"]} kept, '
-               f'{t["images_skipped"]} skipped; boxes: {t["boxes_read"]} read, '
-               f'{t["boxes_kept"]} kept ({t["boxes_clipped"]} clipped), '
-               f'{t["boxes_dropped"]} dropped')
-  for split, s in report['splits'].items():
+  images = (f'  images: {t["images_read"]} read, {t["images_kept"]} kept, '
+            f'{t["images_skipped"]} skipped')
+  if 'boxes_read' not in t:  # Classification.
+    lines.append(images)
+    for split, s in report['splits'].items():
+      per_class = ', '.join(f'{n} {c}' for n, c in s['images_per_class'].items())
+      lines.append(f'  {split}: {s["images"]} images: {per_class}')
+  else:
+    lines.append(f'{images}; boxes: {t["boxes_read"]} read, '
+                 f'{t["boxes_kept"]} kept ({t["boxes_clipped"]} clipped), '
+                 f'{t["boxes_dropped"]} dropped')
+  for split, s in (report['splits'] if 'boxes_read' in t else {}).items():
     per_class = ', '.join(f'{n} {c}' for n, c in s['boxes_per_class'].items())
     lines.append(f'  {split}: {s["images"]} images ({s["images_without_boxes"]} '
                  f'without boxes), {s["boxes"]} boxes: {per_class}')

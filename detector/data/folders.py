@@ -23,6 +23,13 @@ a `Report`:
   | YOLO label file with no image | its boxes dropped, counted                |
   | unused placeholder category   | left out of the classes, reported         |
   | split without a usable image  | left out of the dataset, reported         |
+  | (folder:) file not an image   | skipped, counted                          |
+  | (folder:) image outside any   | skipped, counted                          |
+  | class folder                  |                                           |
+  | (folder:) same image bytes    | warned (contradicting labels), counted    |
+  | under two classes             |                                           |
+  | (folder:) class without images| warned per split, counted                 |
+  | in a split                    |                                           |
 
 Nothing is dropped without being counted: the report's totals satisfy
 boxes_read = boxes_kept + boxes_dropped and images_read = images_kept +
@@ -50,6 +57,12 @@ become TFDS splits `train`, `validation`, `test`):
                  exports), one `class cx cy w h` line per box, normalised to
                  the image (a polygon line, `class x1 y1 x2 y2 ...`, gives its
                  bounding box). An image without a label file has no boxes.
+  folder:DIR     Image classification: DIR/<split>/<class>/*.jpg, or without
+                 split folders DIR/<class>/*.jpg, split at random into
+                 train/validation/test by `split_fractions` (each file's
+                 split is a hash of its path inside DIR, so it never changes
+                 and adding images moves no other image). Classes: the
+                 sorted union of the class folder names.
 """
 
 import collections
@@ -68,7 +81,8 @@ from PIL import ImageOps
 
 from detector import errors
 
-KINDS = ('coco_json', 'voc', 'yolo')
+KINDS = ('coco_json', 'voc', 'yolo', 'folder')
+DETECTION_KINDS = ('coco_json', 'voc', 'yolo')
 SPLIT_ALIASES = {'train': 'train', 'valid': 'validation', 'val': 'validation',
                  'validation': 'validation', 'test': 'test',
                  'trainval': 'trainval'}
@@ -79,6 +93,10 @@ VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car',
                'cat', 'chair', 'cow', 'diningtable', 'dog', 'horse',
                'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train',
                'tvmonitor')
+
+
+# folder: without split folders, the (train, validation, test) fractions.
+DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
 
 class DataError(errors.ConfigError):
@@ -100,6 +118,11 @@ ACTIONS = {
     'empty_split': 'split left out: none of its images could be used',
     'label_without_image': 'label file skipped, its boxes dropped (no image '
                            'of that name)',
+    'not_an_image': 'file skipped (not an image file name)',
+    'outside_class_folder': 'image skipped (not inside a class folder)',
+    'duplicate_conflicting_labels': 'warning: the same image under two '
+                                    'classes',
+    'class_without_images': 'warning: a class has no image in a split',
 }
 
 
@@ -119,6 +142,7 @@ class Record:
   boxes: List[Box]
   size: Optional[Tuple[int, int]] = None    # (height, width) as annotated.
   annotation_file: str = ''
+  label: int = -1                           # The image's class (folder:), else -1.
 
 
 @dataclasses.dataclass
@@ -132,6 +156,8 @@ class Source:
   # placeholders) and YOLO label files without an image, with their box counts.
   unused_categories: List[str] = dataclasses.field(default_factory=list)
   orphan_labels: List[Tuple[str, int]] = dataclasses.field(default_factory=list)
+  # folder: files skipped while listing, as (problem kind, path).
+  skipped_files: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 class Report:
@@ -166,7 +192,9 @@ def parse_spec(spec: str) -> Optional[Tuple[str, str]]:
   return kind, root
 
 
-def read(kind: str, root: str) -> Source:
+def read(kind: str, root: str, split_fractions=DEFAULT_SPLIT_FRACTIONS) -> Source:
+  if kind == 'folder':
+    return read_class_folder(root, split_fractions)
   return {'coco_json': read_coco_json, 'voc': read_voc, 'yolo': read_yolo}[kind](root)
 
 
@@ -504,6 +532,103 @@ def _yolo_boxes(path, num_classes):
 # Checking.
 
 
+# Class folders (image classification).
+
+
+def check_split_fractions(fractions) -> Tuple[float, float, float]:
+  fractions = tuple(float(f) for f in fractions)
+  if (len(fractions) != 3 or any(f < 0 for f in fractions)
+      or abs(sum(fractions) - 1) > 1e-6):
+    raise errors.ConfigError(
+        f'config.folder_split={fractions}: expected three fractions '
+        '(train, validation, test), each >= 0, summing to 1')
+  return fractions
+
+
+def hash_split(relpath: str, fractions) -> Optional[str]:
+  """The split of a file: a hash of its path inside the folder, so it never
+  changes and does not depend on the other files."""
+  u = int(hashlib.sha1(relpath.encode()).hexdigest()[:12], 16) / 16 ** 12
+  edge = 0.0
+  for split, fraction in zip(('train', 'validation', 'test'), fractions):
+    edge += fraction
+    if u < edge:
+      return split
+  return 'test' if fractions[2] else None
+
+
+def _listdir(path):
+  return sorted(n for n in os.listdir(path) if not n.startswith('.'))
+
+
+def read_class_folder(root: str, split_fractions=DEFAULT_SPLIT_FRACTIONS) -> Source:
+  """folder:DIR -> a Source whose records carry an image-level `label`."""
+  fractions = check_split_fractions(split_fractions)
+  children = _listdir(root)
+  split_dirs = {n: _split_name(n) for n in children
+                if os.path.isdir(os.path.join(root, n)) and _split_name(n)}
+  skipped = []
+  if split_dirs:
+    layout = {}  # split -> [(class, path)]
+    for name in children:
+      path = os.path.join(root, name)
+      if name not in split_dirs:
+        skipped.append(('outside_class_folder' if _is_image(name) else
+                        'not_an_image', path))
+        continue
+      layout.setdefault(split_dirs[name], []).extend(
+          _class_files(path, skipped))
+  else:
+    layout = {}
+    for cls, path in _class_files(root, skipped):
+      split = hash_split(os.path.relpath(path, root), fractions)
+      if split:
+        layout.setdefault(split, []).append((cls, path))
+  names = sorted({cls for files in layout.values() for cls, _ in files})
+  if not names:
+    raise DataError(
+        f'folder:{root}: no images in class folders; expected '
+        f'{root}/<class>/<image> or {root}/<split>/<class>/<image> with '
+        f'splits train, valid (or val, validation) and test, and images '
+        f'{"/".join(IMAGE_EXTENSIONS)}')
+  index = {n: i for i, n in enumerate(names)}
+  splits, next_id = {}, 1
+  for split in sorted(layout):
+    records = []
+    for cls, path in sorted(layout[split], key=lambda cp: cp[1]):
+      records.append(Record(path, next_id, [], label=index[cls]))
+      next_id += 1
+    splits[split] = records
+  return Source('folder', root, names, list(range(len(names))), splits,
+                skipped_files=skipped)
+
+
+def _is_image(name):
+  return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_files(directory, skipped):
+  """[(class, image path)] of directory/<class>/*; the rest into `skipped`."""
+  out = []
+  for cls in _listdir(directory):
+    path = os.path.join(directory, cls)
+    if not os.path.isdir(path):
+      skipped.append(('outside_class_folder' if _is_image(cls) else
+                      'not_an_image', path))
+      continue
+    for sub, dirs, files in os.walk(path):
+      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+      for name in sorted(files):
+        if name.startswith('.'):
+          continue
+        file = os.path.join(sub, name)
+        if _is_image(name):
+          out.append((cls, file))
+        else:
+          skipped.append(('not_an_image', file))
+  return out
+
+
 @dataclasses.dataclass
 class Example:
   """A checked image, ready to be written."""
@@ -517,6 +642,7 @@ class Example:
   labels: np.ndarray      # [N] int64
   crowd: np.ndarray       # [N] bool
   sha1: str
+  label: int = -1         # The image's class (folder:), else -1.
 
 
 def _open_image(path):
@@ -547,6 +673,11 @@ def check(source: Source, report: Report) -> Dict[str, List[Example]]:
     report.add('label_without_image', path)
     report.totals['boxes_read'] += num_boxes
     report.totals['boxes_dropped'] += num_boxes
+  for kind, path in source.skipped_files:
+    report.add(kind, path)
+    if kind == 'outside_class_folder':
+      report.totals['images_read'] += 1
+      report.totals['images_skipped'] += 1
   out, seen = {}, {}
   for split, records in source.splits.items():
     examples = []
@@ -572,12 +703,16 @@ def check(source: Source, report: Report) -> Dict[str, List[Example]]:
                    f'{record.size[0]}, image {width}x{height}')
       sha1 = hashlib.sha1(encoded).hexdigest()
       if sha1 in seen:
-        other_split, other_path = seen[sha1]
+        other_split, other_path, other_label = seen[sha1]
         kind = ('duplicate_within_split' if other_split == split
                 else 'duplicate_across_splits')
         report.add(kind, f'{other_path} ({other_split}) = {record.path} ({split})')
+        if other_label != record.label:
+          report.add('duplicate_conflicting_labels',
+                     f'{other_path} ({source.class_names[other_label]}) = '
+                     f'{record.path} ({source.class_names[record.label]})')
       else:
-        seen[sha1] = (split, record.path)
+        seen[sha1] = (split, record.path, record.label)
       boxes, labels, crowd = [], [], []
       for box in record.boxes:
         x0, y0, x1, y1 = box.xyxy
@@ -607,16 +742,27 @@ def check(source: Source, report: Report) -> Dict[str, List[Example]]:
           height=height, width=width,
           boxes=np.asarray(boxes, np.float64).reshape(-1, 4),
           labels=np.asarray(labels, np.int64), crowd=np.asarray(crowd, bool),
-          sha1=sha1))
+          sha1=sha1, label=record.label))
     if examples:
       out[split] = examples
     else:
       report.add('empty_split', f'{split} ({len(records)} images listed)')
+  if source.kind == 'folder':
+    for split, exs in out.items():
+      present = {ex.label for ex in exs}
+      for i, name in enumerate(source.class_names):
+        if i not in present:
+          report.add('class_without_images', f'{name} ({split})')
   return out
 
 
 def statistics(source: Source, examples: Dict[str, List[Example]]) -> dict:
-  """Images and boxes per class and split; box size and aspect ratio quantiles."""
+  """Images and boxes per class and split; box size and aspect ratio quantiles.
+
+  For `folder:` (classification): images per class and image size quantiles.
+  """
+  if source.kind == 'folder':
+    return _class_statistics(source, examples)
   stats = {}
   for split, exs in examples.items():
     boxes_per_class = collections.Counter()
@@ -646,12 +792,33 @@ def statistics(source: Source, examples: Dict[str, List[Example]]) -> dict:
   return stats
 
 
-def plot(examples: Dict[str, List[Example]], directory: str) -> List[str]:
-  """box_sizes.png and aspect_ratios.png: histograms per split."""
+def _class_statistics(source, examples):
+  q = [0, 0.05, 0.5, 0.95, 1]
+  stats = {}
+  for split, exs in examples.items():
+    counts = collections.Counter(source.class_names[ex.label] for ex in exs)
+    sides = np.array([[ex.height, ex.width] for ex in exs], np.float64)
+    stats[split] = {
+        'images': len(exs),
+        'images_per_class': {n: counts[n] for n in source.class_names},
+        'image_height_quantiles': dict(zip(map(str, q), np.quantile(
+            sides[:, 0], q).tolist())),
+        'image_width_quantiles': dict(zip(map(str, q), np.quantile(
+            sides[:, 1], q).tolist())),
+    }
+  return stats
+
+
+def plot(examples: Dict[str, List[Example]], directory: str,
+         class_names=None) -> List[str]:
+  """box_sizes.png and aspect_ratios.png: histograms per split; with
+  `class_names` (classification) images_per_class.png instead."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   os.makedirs(directory, exist_ok=True)
+  if class_names is not None:
+    return [_plot_class_counts(plt, examples, class_names, directory)]
   written = []
   for name, title, fn in (
       ('box_sizes.png', 'box size: sqrt(width x height), pixels',
@@ -675,6 +842,24 @@ def plot(examples: Dict[str, List[Example]], directory: str) -> List[str]:
     plt.close(fig)
     written.append(path)
   return written
+
+
+def _plot_class_counts(plt, examples, class_names, directory):
+  k = len(class_names)
+  fig, ax = plt.subplots(figsize=(min(4 + 0.3 * k, 30), 4), dpi=100)
+  width = 0.8 / max(len(examples), 1)
+  for i, (split, exs) in enumerate(examples.items()):
+    counts = np.bincount([ex.label for ex in exs], minlength=k)
+    ax.bar(np.arange(k) + i * width, counts, width, label=f'{split} ({len(exs)})')
+  ax.set_xticks(np.arange(k) + 0.4 - width / 2)
+  ax.set_xticklabels([n[:20] for n in class_names], rotation=90 if k > 8 else 0)
+  ax.set_ylabel('images')
+  ax.legend()
+  fig.tight_layout()
+  path = os.path.join(directory, 'images_per_class.png')
+  fig.savefig(path)
+  plt.close(fig)
+  return path
 
 
 def fingerprint(kind: str, root: str, version: str) -> str:

@@ -40,14 +40,17 @@ import tensorflow_datasets as tfds
 
 from detector import errors
 from detector.data import datasets
+from detector.data import folders
 from detector.data import preprocess
 
 
 def get_builder(config: ml_collections.ConfigDict):
   """The TFDS builder of `config.dataset`: a TFDS name or a folder spec
-  (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`, converted once; see
+  (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`, `folder:DIR`, converted once; see
   `detector.data.datasets`)."""
-  return datasets.get_builder(config.dataset, config.data_dir)
+  return datasets.get_builder(
+      config.dataset, config.data_dir,
+      split_fractions=config.get('folder_split', folders.DEFAULT_SPLIT_FRACTIONS))
 
 
 def prepare(builder):
@@ -61,8 +64,17 @@ def prepare(builder):
     multihost_utils.sync_global_devices('dataset prepared')
 
 
-def class_names(builder):
-  return list(builder.info.features['objects']['label'].names)
+def class_names(builder, spec: Optional[str] = None):
+  """The detection classes: names of `objects/label`."""
+  features = builder.info.features
+  if 'objects' not in features or 'label' not in features['objects']:
+    hint = (' It is an image-classification dataset: train it with '
+            'configs/classify.py.' if 'label' in features else '')
+    raise errors.ConfigError(
+        f'config.dataset={spec or builder.info.full_name!r} has no boxes '
+        f'(objects/bbox, objects/label); its features are '
+        f'{sorted(features.keys())}.{hint}')
+  return list(features['objects']['label'].names)
 
 
 def category_ids(builder, num_classes):
@@ -240,11 +252,27 @@ def train_dataset(config: ml_collections.ConfigDict, builder,
   the stream stays a function of (seed, i) and resuming stays exact.
   """
   check_augmentations(config)
+  partners = 3 if 'mosaic' in config.input.augmentations else 0
+  return training_stream(config, builder, _decode, _train_map(config, config.seed),
+                         start_step, partners)
+
+
+def training_stream(config, builder, decode, map_fn, start_step: int,
+                    partners: int = 0) -> tf.data.Dataset:
+  """Batches of `map_fn(index, example)` over the shuffled, repeated split.
+
+  The decoded train split is cached and reshuffled every epoch with a fixed
+  seed; `index` is the example's position in the stream, from which `map_fn`
+  draws all its randomness, and resuming at `start_step` skips exactly
+  start_step * batch examples before any of them is mapped. With `partners`
+  > 0 each element is a tuple of 1 + partners examples from as many
+  shuffles (seeds seed, seed+1, ...). Shared by detection and classification.
+  """
   local_batch = config.batch_size // jax.process_count()
   split = _process_split(config.train_split)
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           read_config=tfds.ReadConfig(shuffle_seed=config.seed))
-  ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   if config.input.cache:
     ds = ds.cache()
 
@@ -252,13 +280,14 @@ def train_dataset(config: ml_collections.ConfigDict, builder,
     return ds.shuffle(config.input.shuffle_buffer, seed=seed,
                       reshuffle_each_iteration=True).repeat()
 
-  if 'mosaic' in config.input.augmentations:
-    stream = tf.data.Dataset.zip(tuple(shuffled(config.seed + k) for k in range(4)))
+  if partners:
+    stream = tf.data.Dataset.zip(tuple(shuffled(config.seed + k)
+                                       for k in range(1 + partners)))
   else:
     stream = shuffled(config.seed)
   stream = stream.enumerate().skip(start_step * local_batch)
-  stream = stream.map(_train_map(config, config.seed),
-                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  stream = stream.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True)
   stream = stream.batch(local_batch, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

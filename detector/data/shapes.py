@@ -6,7 +6,9 @@ Importing this module registers the builder, after which
   builder = tfds.builder('shapes/tiny', data_dir=...)  # for tests and smoke runs
   builder.download_and_prepare()                       # renders; no network
 
-generate the dataset locally from `detector.data.shapes_render`. Example `i` of
+generate the dataset locally from `detector.data.shapes_render`.
+`shapes_objects` (and `shapes_objects/tiny`), registered here too, is the
+classification dataset of the scenes' object crops (see `ShapesObjects`). Example `i` of
 split `s` is `render_scene(np.random.default_rng([SPLIT_SEED[s], i]))`, so it
 is the same on every machine and does not depend on the other examples.
 
@@ -124,3 +126,89 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
                else os.cpu_count() or 1)
       workers = min(cores, 8)
     return shapes_examples.generate(split, size, workers)
+
+
+# ---------------------------------------------------------------------------
+# `shapes_objects`: the same scenes as an image-classification dataset.
+# ---------------------------------------------------------------------------
+
+# An object becomes an example when its box is at least this many pixels on
+# its shorter side and its visible silhouette covers this much of its box
+# (occluded objects would make ambiguous crops).
+MIN_OBJECT_SIDE = 16
+MIN_VISIBLE_FILL = 0.3
+CROP_MARGIN = 0.2   # Context around the box, a fraction of its size per side.
+
+
+def object_crops(split, index):
+  """[(crop uint8 [h, w, 3], label, object number)] of scene `index`."""
+  scene = shapes_render.render_scene(shapes_render.scene_rng(split, index))
+  image = scene['image']
+  height, width = image.shape[:2]
+  crops = []
+  for k, (box, label, area) in enumerate(zip(scene['boxes'], scene['labels'],
+                                             scene['areas'])):
+    ymin, xmin, ymax, xmax = box
+    h, w = ymax - ymin, xmax - xmin
+    if min(h, w) < MIN_OBJECT_SIDE or area < MIN_VISIBLE_FILL * h * w:
+      continue
+    y0 = int(max(0, ymin - CROP_MARGIN * h))
+    x0 = int(max(0, xmin - CROP_MARGIN * w))
+    y1 = int(min(height, round(ymax + CROP_MARGIN * h)))
+    x1 = int(min(width, round(xmax + CROP_MARGIN * w)))
+    crops.append((image[y0:y1, x0:x1], int(label), k))
+  return crops
+
+
+class ShapesObjects(tfds.core.GeneratorBasedBuilder):
+  """Crops of the `shapes` objects, labelled by class: the built-in offline
+  image-classification dataset (`configs/classify.py`'s default)."""
+
+  name = 'shapes_objects'
+  code_path = epath.Path(__file__)
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release.'}
+  BUILDER_CONFIGS = [
+      ShapesConfig(
+          name='default',
+          description='The objects of 1500 train, 250 validation and 500 '
+          'test scenes of `shapes`.',
+          split_sizes={'train': 1500, 'validation': 250, 'test': 500}),
+      ShapesConfig(
+          name='tiny',
+          description='The objects of 24 train, 8 validation and 8 test '
+          'scenes, for tests and smoke runs.',
+          split_sizes={'train': 24, 'validation': 8, 'test': 8}),
+  ]
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(
+            'Each object of a `shapes` scene at least '
+            f'{MIN_OBJECT_SIDE} px on its shorter side and at least '
+            f'{MIN_VISIBLE_FILL:.0%} visible, cropped with a '
+            f'{CROP_MARGIN:.0%} margin of context (other objects may show '
+            'in it), labelled with its class.'),
+        features=tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=(None, None, 3),
+                                         encoding_format='png'),
+            'image/filename': tfds.features.Text(),
+            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
+        }),
+        supervised_keys=('image', 'label'),
+        homepage=None,
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split, size)
+            for split, size in self.builder_config.split_sizes.items()}
+
+  def _generate_examples(self, split, size):
+    for index in range(size):
+      scene_id = image_id(split, index)
+      for crop, label, k in object_crops(split, index):
+        name = f'{scene_id:012d}_{k}.png'
+        yield name, {'image': encode_png(crop), 'image/filename': name,
+                     'label': label}

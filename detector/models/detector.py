@@ -64,11 +64,15 @@ def _norm(config: ml_collections.ConfigDict, kind: str, train: bool, dtype):
                           axis_name=None)
 
 
-def build_backbone(config: ml_collections.ConfigDict, train: bool) -> nn.Module:
-  """The backbone alone, as `build` makes it (norm: `backbone_norm` or `norm`)."""
+def build_backbone(config: ml_collections.ConfigDict, train: bool,
+                   num_classes: int = 0) -> nn.Module:
+  """The backbone alone, as `build` makes it (norm: `backbone_norm` or `norm`);
+  `num_classes` > 0 adds its classifier (global pooling, dense 'logits')."""
   dtype = compute_dtype(config)
   cls = models.backbone_class(config.backbone)
   kwargs = config[config.backbone].to_dict()
+  if num_classes:
+    kwargs['num_classes'] = num_classes
   if 'deterministic' in cls.__dataclass_fields__:  # Dropout / stochastic depth.
     kwargs['deterministic'] = not train
   return cls(norm=_norm(config, config.backbone_norm or config.norm, train, dtype),

@@ -2,7 +2,8 @@
 
 A stem and four stages; each stage halves the resolution and then applies
 `depth` residual basic blocks. Returns features for levels 2..5 (strides 4,
-8, 16, 32).
+8, 16, 32) and, with `num_classes > 0`, 'logits' from global average pooling
+and a dense classifier.
 
 Two ways to downsample, chosen by `downsample`:
   'conv': a 3x3 stride-2 conv (the usual ResNet choice);
@@ -63,6 +64,7 @@ class CNN(nn.Module):
   downsample: str = 'conv'        # 'conv' or 'space_to_depth' (see above).
   norm: layers.ModuleDef = nn.BatchNorm
   dtype: Any = jnp.float32
+  num_classes: int = 0            # > 0 adds the classifier's 'logits'.
 
   levels = (2, 3, 4, 5)
 
@@ -98,4 +100,8 @@ class CNN(nn.Module):
         x = BasicBlock(width, norm=self.norm, dtype=self.dtype,
                        name=f'stage{level}_block{j}')(x)
       features[level] = x
+    if self.num_classes > 0:
+      pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      features['logits'] = nn.Dense(self.num_classes, dtype=jnp.float32,
+                                    name='classifier')(pooled)
     return features
