@@ -114,6 +114,10 @@ def _data(config, dataset):
   # TFDS data dir; None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.train_split = 'train'
+  # More dataset specs whose train_split joins the training stream (same
+  # classes); evaluation reads `dataset` only. VOC 07+12: dataset='voc/2007',
+  # extra_train_datasets=('voc/2012',), train_split='train+validation'.
+  config.extra_train_datasets = ()
   config.eval_split = 'validation'   # Evaluated during and after training ('' skips).
   config.test_split = 'test'         # Written to workdir/eval/*_test.json ('' skips).
   config.input = ml_collections.ConfigDict()

@@ -36,6 +36,7 @@ from detector import checkpoints
 from detector import evaluate
 from detector import models
 from detector import tasks
+from detector.data import classification
 from detector.data import pipeline
 from detector.models import classifier as classifier_lib
 from detector.models import detector as detector_lib
@@ -338,16 +339,29 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   builder = pipeline.get_builder(config)
   pipeline.prepare(builder)
   if tasks.is_classification(config):
-    from detector.data import classification  # pylint: disable=g-import-not-at-top
     names = classification.class_names(builder, config.label_key, config.dataset)
   else:
     names = pipeline.class_names(builder, config.dataset)
+  extras = list(zip(config.get('extra_train_datasets', ()),
+                    pipeline.extra_train_builders(config)))
+  for spec, extra in extras:
+    pipeline.prepare(extra)
+    extra_names = (classification.class_names(extra, config.label_key, spec)
+                   if tasks.is_classification(config)
+                   else pipeline.class_names(extra, spec))
+    if extra_names != names:
+      raise errors.ConfigError(
+          f'config.extra_train_datasets has {spec!r} with classes '
+          f'{extra_names}, but config.dataset={config.dataset!r} has {names}: '
+          'datasets trained together need the same classes in the same order')
   for split in (config.train_split, config.eval_split,
                 config.test_split):
     if split:  # An empty eval or test split name skips that evaluation.
       pipeline.split_size(builder, split, config.dataset)
-  total = num_train_steps(config, pipeline.split_size(builder,
-                                                       config.train_split))
+  train_size = pipeline.split_size(builder, config.train_split)
+  train_size += sum(pipeline.split_size(extra, config.train_split, spec)
+                    for spec, extra in extras)
+  total = num_train_steps(config, train_size)
   ids = (list(range(len(names))) if tasks.is_classification(config)
          else pipeline.category_ids(builder, len(names)))
   check_workdir_classes(workdir, config.dataset, names, ids)

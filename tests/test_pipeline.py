@@ -1,10 +1,14 @@
 """The input pipeline: fixed shapes, deterministic order, exact resume."""
 
+import zlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from detector import errors
+from detector import train
 from detector.data import pipeline
 
 
@@ -90,7 +94,8 @@ def _consistent_mock_examples(builder, split, **kwargs):
   del split, kwargs
   info = builder.info.features.get_tensor_info()
   num_classes = builder.info.features['objects']['label'].num_classes
-  rng = np.random.default_rng(0)
+  # Each dataset its own examples (voc/2007 and voc/2012 differ).
+  rng = np.random.default_rng(zlib.crc32(builder.info.full_name.encode()))
 
   def value(key, tensor_info, n):
     shape = [n if d is None else d for d in tensor_info.shape]
@@ -158,3 +163,34 @@ def test_tfds_detection_datasets_feed_the_pipeline(name, num_classes, tiny_confi
     assert {a['category_id'] for a in gt['annotations']} <= set(ids)
     assert {a['image_id'] for a in gt['annotations']} <= set(image_ids)
     assert {a['iscrowd'] for a in gt['annotations']} <= {0, 1}
+
+
+def test_extra_train_datasets_join_the_training_stream(tiny_config, tmp_path):
+  """VOC 07+12: voc/2012's train split follows voc/2007's in the training
+  stream (one epoch holds both datasets' images, each once), evaluation
+  reads voc/2007 alone, and a dataset with other classes is refused."""
+  config = tiny_config
+  config.dataset = 'voc/2007'
+  config.data_dir = str(tmp_path)
+  config.input.augmentations = ()
+  config.input.shuffle_buffer = 64
+  config.batch_size = 12
+  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
+                              as_dataset_fn=_consistent_mock_examples):
+    builder = pipeline.get_builder(config)
+    epochs = [b['image_id'] for b in
+              pipeline.train_dataset(config, builder).take(2).as_numpy_iterator()]
+    # Alone: 6 images, so a batch of 12 holds each twice.
+    assert len(set(epochs[0])) == 6
+    config.extra_train_datasets = ('voc/2012',)
+    epochs = [b['image_id'] for b in
+              pipeline.train_dataset(config, builder).take(2).as_numpy_iterator()]
+    assert len(set(epochs[0])) == 12 and set(epochs[0]) == set(epochs[1])
+    ids_2007 = {ex['image_id'] for ex in tfds.as_numpy(
+        builder.as_dataset(split='train').map(pipeline._decode))}  # pylint: disable=protected-access
+    assert ids_2007 < set(epochs[0])
+    config.extra_train_datasets = ('coco/2017',)
+    with pytest.raises(errors.ConfigError, match=(
+        r"extra_train_datasets has 'coco/2017' with classes \[.*"
+        r"config.dataset='voc/2007' has \['aeroplane'")):
+      train.setup(config, str(tmp_path / 'wd'))

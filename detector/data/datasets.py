@@ -167,8 +167,10 @@ def get_builder(spec: str, config_data_dir=None, verbose=True,
 
 def _cache_path(kind, root, base, split_fractions=folders.DEFAULT_SPLIT_FRACTIONS):
   version = CONVERTER_VERSION
-  if kind == 'folder':  # The random split is part of the content.
-    version += f' {folders.check_split_fractions(split_fractions)}'
+  if kind == 'folder':
+    fractions = folders.check_split_fractions(split_fractions)
+    if not folders.split_folders(root):  # The random split is content.
+      version += f' {fractions}'
   fp = folders.fingerprint(kind, root, version)
   return os.path.join(base, 'detector_folders',
                       f'{kind}_{folders.safe_name(root)}_{fp[:16]}')
@@ -212,17 +214,22 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
                        folders.plot(examples, tmp, source.class_names
                                     if kind == 'folder' else None)]
     report['dataset_dir'] = _version_dir(directory, kind)
+    if kind == 'folder' and not folders.split_folders(root):
+      report['split_fractions'] = list(
+          folders.check_split_fractions(split_fractions))
     report['report'] = report_path
     with open(os.path.join(_version_dir(tmp, kind), CATEGORIES_FILE), 'w') as f:
       json.dump({'names': source.class_names,
                  'category_ids': source.category_ids}, f)
     with open(os.path.join(tmp, 'report.json'), 'w') as f:
       json.dump(report, f, indent=1)
-    # Stale conversions of the same folder go; the new one appears whole.
+    # Stale conversions of the same folder (and random split) go; the new
+    # one appears whole. Another split of the same folder is another dataset.
     prefix = f'{kind}_{folders.safe_name(root)}_'
     for name in os.listdir(parent):
       old = os.path.join(parent, name)
-      if name.startswith(prefix) and _source_of(old) == root:
+      if name.startswith(prefix) and _source_of(old) == (
+          root, report.get('split_fractions')):
         shutil.rmtree(old, ignore_errors=True)
     # An interrupted earlier conversion of the same content has no report.
     shutil.rmtree(directory, ignore_errors=True)
@@ -235,9 +242,11 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
 
 
 def _source_of(directory):
+  """(source folder, random split fractions or None) of a conversion."""
   try:
     with open(os.path.join(directory, 'report.json')) as f:
-      return json.load(f)['source']
+      report = json.load(f)
+    return report['source'], report.get('split_fractions')
   except (OSError, ValueError, KeyError):
     return None
 

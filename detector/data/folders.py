@@ -537,8 +537,8 @@ def _yolo_boxes(path, num_classes):
 
 def check_split_fractions(fractions) -> Tuple[float, float, float]:
   fractions = tuple(float(f) for f in fractions)
-  if (len(fractions) != 3 or any(f < 0 for f in fractions)
-      or abs(sum(fractions) - 1) > 1e-6):
+  if (len(fractions) != 3 or not all(0 <= f <= 1 for f in fractions)
+      or not abs(sum(fractions) - 1) <= 1e-6):  # NaN fails both.
     raise errors.ConfigError(
         f'config.folder_split={fractions}: expected three fractions '
         '(train, validation, test), each >= 0, summing to 1')
@@ -561,18 +561,30 @@ def _listdir(path):
   return sorted(n for n in os.listdir(path) if not n.startswith('.'))
 
 
+def split_folders(root: str) -> Dict[str, str]:
+  """{folder name: split} of a `folder:` root with split folders, {} for a
+  root of class folders; a DataError when it has both kinds of folder."""
+  dirs = [n for n in _listdir(root) if os.path.isdir(os.path.join(root, n))]
+  splits = {n: _split_name(n) for n in dirs if _split_name(n)}
+  others = [n for n in dirs if n not in splits]
+  if splits and others:
+    raise DataError(
+        f'folder:{root} holds split folders {sorted(splits)} and other folders '
+        f'{others[:10]}: use either {root}/<split>/<class>/<image> or '
+        f'{root}/<class>/<image> (a class may not be named like a split)')
+  return splits
+
+
 def read_class_folder(root: str, split_fractions=DEFAULT_SPLIT_FRACTIONS) -> Source:
   """folder:DIR -> a Source whose records carry an image-level `label`."""
   fractions = check_split_fractions(split_fractions)
-  children = _listdir(root)
-  split_dirs = {n: _split_name(n) for n in children
-                if os.path.isdir(os.path.join(root, n)) and _split_name(n)}
+  split_dirs = split_folders(root)
   skipped = []
   if split_dirs:
     layout = {}  # split -> [(class, path)]
-    for name in children:
+    for name in _listdir(root):
       path = os.path.join(root, name)
-      if name not in split_dirs:
+      if name not in split_dirs:  # A file: split_folders refused other folders.
         skipped.append(('outside_class_folder' if _is_image(name) else
                         'not_an_image', path))
         continue
@@ -581,7 +593,9 @@ def read_class_folder(root: str, split_fractions=DEFAULT_SPLIT_FRACTIONS) -> Sou
   else:
     layout = {}
     for cls, path in _class_files(root, skipped):
-      split = hash_split(os.path.relpath(path, root), fractions)
+      # '/'-separated, so a folder splits the same way on every OS.
+      relpath = os.path.relpath(path, root).replace(os.sep, '/')
+      split = hash_split(relpath, fractions)
       if split:
         layout.setdefault(split, []).append((cls, path))
   names = sorted({cls for files in layout.values() for cls, _ in files})

@@ -3,12 +3,13 @@ r"""Prints a dataset's data-quality report, before any training.
   python -m detector.data.inspect coco_json:DIR [--data_dir=DIR] [--rebuild]
   python -m detector.data.inspect shapes/tiny [--data_dir=DIR]
 
-For a folder spec (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`) this converts the
+For a folder spec (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`, `folder:DIR`) this converts the
 folder as training would (or reuses the up-to-date conversion) and prints the
 report written beside it: images and boxes per class and split, box size and
 aspect-ratio quantiles (plots in PNG beside it), and every problem with its
 files and counts (see `detector.data.folders`). For a TFDS name it prints the
-same statistics of the prepared dataset, and boxes of zero area. The whole
+same statistics of the prepared dataset, and boxes of zero area (for a
+classification dataset, images per class and image sizes). The whole
 report also goes to stdout as JSON with --json. Exit status: 0, or 2 when the
 dataset cannot be read (the message names the file and what was expected).
 """
@@ -38,6 +39,8 @@ def tfds_report(spec, data_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = datasets.get_builder(spec, data_dir)
   builder.download_and_prepare()
+  if 'objects' not in builder.info.features:
+    return _tfds_classification_report(spec, builder)
   names = list(builder.info.features['objects']['label'].names)
   source = folders.Source('tfds', spec, names, [], {})
   examples, problems = {}, folders.Report()
@@ -64,6 +67,30 @@ def tfds_report(spec, data_dir):
       problems.totals['boxes_kept'] += int(ok.sum())
       problems.totals['boxes_dropped'] += int((~ok).sum())
     examples[split] = exs
+  return datasets.build_report(spec, source, examples, problems)
+
+
+def _tfds_classification_report(spec, builder, label_key='label'):
+  """Statistics of a prepared TFDS classification dataset: images per class
+  and split, image size quantiles."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from detector.data import classification  # pylint: disable=g-import-not-at-top
+  names = classification.class_names(builder, label_key, spec)
+  source = folders.Source('folder', spec, names, list(range(len(names))), {})
+  examples, problems = {}, folders.Report()
+  problems.totals = collections.Counter()
+  for split in builder.info.splits:
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    ds = ds.map(lambda ex: {'size': tf.shape(ex['image'])[:2],
+                            'label': ex[label_key]})
+    examples[split] = [folders.Example(
+        split=split, image_id=0, filename='', encoded=b'', height=int(ex['size'][0]),
+        width=int(ex['size'][1]), boxes=np.zeros((0, 4)),
+        labels=np.zeros(0, np.int64), crowd=np.zeros(0, bool), sha1='',
+        label=int(ex['label'])) for ex in tfds.as_numpy(ds)]
+    problems.totals['images_read'] += len(examples[split])
+    problems.totals['images_kept'] += len(examples[split])
   return datasets.build_report(spec, source, examples, problems)
 
 

@@ -44,13 +44,21 @@ from detector.data import folders
 from detector.data import preprocess
 
 
-def get_builder(config: ml_collections.ConfigDict):
-  """The TFDS builder of `config.dataset`: a TFDS name or a folder spec
-  (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`, `folder:DIR`, converted once; see
-  `detector.data.datasets`)."""
+def get_builder(config: ml_collections.ConfigDict, spec: Optional[str] = None):
+  """The TFDS builder of `spec` (default `config.dataset`): a TFDS name or a
+  folder spec (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`, `folder:DIR`,
+  converted once; see `detector.data.datasets`)."""
   return datasets.get_builder(
-      config.dataset, config.data_dir,
+      spec or config.dataset, config.data_dir,
       split_fractions=config.get('folder_split', folders.DEFAULT_SPLIT_FRACTIONS))
+
+
+def extra_train_builders(config: ml_collections.ConfigDict):
+  """Builders of `config.extra_train_datasets`: more datasets whose
+  `train_split` joins the training stream (VOC 07+12: `dataset='voc/2007'`,
+  `extra_train_datasets=('voc/2012',)`); evaluation reads `dataset` alone."""
+  return [get_builder(config, spec)
+          for spec in config.get('extra_train_datasets', ())]
 
 
 def prepare(builder):
@@ -261,8 +269,9 @@ def training_stream(config, builder, decode, map_fn, start_step: int,
                     partners: int = 0) -> tf.data.Dataset:
   """Batches of `map_fn(index, example)` over the shuffled, repeated split.
 
-  The decoded train split is cached and reshuffled every epoch with a fixed
-  seed; `index` is the example's position in the stream, from which `map_fn`
+  The decoded train split (followed by that of each
+  `config.extra_train_datasets`) is cached and reshuffled every epoch with a
+  fixed seed; `index` is the example's position in the stream, from which `map_fn`
   draws all its randomness, and resuming at `start_step` skips exactly
   start_step * batch examples before any of them is mapped. With `partners`
   > 0 each element is a tuple of 1 + partners examples from as many
@@ -270,9 +279,12 @@ def training_stream(config, builder, decode, map_fn, start_step: int,
   """
   local_batch = config.batch_size // jax.process_count()
   split = _process_split(config.train_split)
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          read_config=tfds.ReadConfig(shuffle_seed=config.seed))
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = None
+  for b in [builder] + extra_train_builders(config):
+    part = b.as_dataset(split=split, shuffle_files=False,
+                        read_config=tfds.ReadConfig(shuffle_seed=config.seed))
+    part = part.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = part if ds is None else ds.concatenate(part)
   if config.input.cache:
     ds = ds.cache()
 
