@@ -73,16 +73,7 @@ def get_config(arg=None):
     config.image_size = config.eval_image_size = (224, 224)
     config.optimizer.learning_rate = 1e-3
   if tiny:
-    config.dataset = 'shapes_objects/tiny'
-    config.image_size = config.eval_image_size = (32, 32)
-    config.input.shuffle_buffer = 64
-    config.optimizer.warmup_steps = 2
-    config.ema_decay = 0.0
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.num_train_steps = 6
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 3
+    common.make_tiny(config, image_size=32)
     if backbone == 'cnn':
       config.model.cnn.update(dict(stem_width=8, widths=(8, 16, 16, 16),
                                    depths=(1, 1, 1, 1)))

@@ -187,19 +187,22 @@ def _optimizer_and_loop(config):
 
 def make_tiny(config: ml_collections.ConfigDict, image_size: int):
   """The run-level settings of a config's `:tiny` smoke variant (seconds long,
-  on `shapes/tiny`); each config shrinks its own model besides."""
-  config.dataset = 'shapes/tiny'
+  on `shapes/tiny`, or `shapes_objects/tiny` for a classifier); each config
+  shrinks its own model besides."""
+  classify = config.task == 'classification'
+  config.dataset = 'shapes_objects/tiny' if classify else 'shapes/tiny'
   config.image_size = (image_size, image_size)
   config.eval_image_size = (image_size, image_size)
   config.input.shuffle_buffer = 64
   config.optimizer.warmup_steps = 2
   config.ema_decay = 0.0  # Six steps are too few for an average to mean much.
-  # After six steps scores sit near the 0.01 prior: keep them, so that the
-  # evaluation files of a smoke run are not empty.
-  config.model.score_threshold = 0.001
   config.batch_size = 8
   config.eval_batch_size = 8
   config.num_train_steps = 6
   config.log_every_steps = 2
   config.checkpoint_every_steps = 3
-  config.num_images_to_draw = 2
+  if not classify:
+    # After six steps scores sit near the 0.01 prior: keep them, so that the
+    # evaluation files of a smoke run are not empty.
+    config.model.score_threshold = 0.001
+    config.num_images_to_draw = 2

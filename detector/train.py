@@ -338,17 +338,12 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   check_config(config, workdir)
   builder = pipeline.get_builder(config)
   pipeline.prepare(builder)
-  if tasks.is_classification(config):
-    names = classification.class_names(builder, config.label_key, config.dataset)
-  else:
-    names = pipeline.class_names(builder, config.dataset)
+  names = _class_names(config, builder, config.dataset)
   extras = list(zip(config.get('extra_train_datasets', ()),
                     pipeline.extra_train_builders(config)))
   for spec, extra in extras:
     pipeline.prepare(extra)
-    extra_names = (classification.class_names(extra, config.label_key, spec)
-                   if tasks.is_classification(config)
-                   else pipeline.class_names(extra, spec))
+    extra_names = _class_names(config, extra, spec)
     if extra_names != names:
       raise errors.ConfigError(
           f'config.extra_train_datasets has {spec!r} with classes '
@@ -367,6 +362,13 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   check_workdir_classes(workdir, config.dataset, names, ids)
   s = build_setup(config, names, total, builder=builder)
   return dataclasses.replace(s, category_ids=ids)
+
+
+def _class_names(config, builder, spec):
+  """The task's class names of a dataset (a ConfigError for the other task's)."""
+  if tasks.is_classification(config):
+    return classification.class_names(builder, config.label_key, spec)
+  return pipeline.class_names(builder, spec)
 
 
 CLASSES_FILE = 'classes.json'
@@ -448,7 +450,8 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract_state, state_sharding)
   return Setup(mesh=mesh, builder=builder, class_names=list(class_names),
-               task=tasks.task(config), model_config=model_config, eval_model_config=eval_model_config,
+               task=tasks.task(config), model_config=model_config,
+               eval_model_config=eval_model_config,
                train_model=train_model,
                eval_model=eval_model, tx=tx, schedule=schedule,
                total_steps=total_steps, ema_decay=config.ema_decay,

@@ -69,14 +69,20 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             'image': tfds.features.Image(shape=(None, None, 3)),
             'image/id': tf.int64,
             'image/filename': tfds.features.Text(),
-            'objects': tfds.features.Sequence({
-                'bbox': tfds.features.BBoxFeature(),
-                'label': tfds.features.ClassLabel(names=self._class_names),
-                'is_crowd': tf.bool,
-                'area': tf.float32,
-            }),
+            **self._annotation_features(),
         }),
+        supervised_keys=self._supervised_keys,
     )
+
+  _supervised_keys = None
+
+  def _annotation_features(self):
+    return {'objects': tfds.features.Sequence({
+        'bbox': tfds.features.BBoxFeature(),
+        'label': tfds.features.ClassLabel(names=self._class_names),
+        'is_crowd': tf.bool,
+        'area': tf.float32,
+    })}
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -106,19 +112,10 @@ class ClassFolderDataset(FolderDataset, skip_registration=True):
   """The checked images of a `folder:` classification dataset."""
 
   name = 'detector_class_folder'
+  _supervised_keys = ('image', 'label')
 
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=self._description,
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3)),
-            'image/id': tf.int64,
-            'image/filename': tfds.features.Text(),
-            'label': tfds.features.ClassLabel(names=self._class_names),
-        }),
-        supervised_keys=('image', 'label'),
-    )
+  def _annotation_features(self):
+    return {'label': tfds.features.ClassLabel(names=self._class_names)}
 
   def _generate_examples(self, split):
     for ex in self._examples[split]:

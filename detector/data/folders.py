@@ -630,17 +630,21 @@ def _class_files(directory, skipped):
       skipped.append(('outside_class_folder' if _is_image(cls) else
                       'not_an_image', path))
       continue
-    for sub, dirs, files in os.walk(path):
-      dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-      for name in sorted(files):
-        if name.startswith('.'):
-          continue
-        file = os.path.join(sub, name)
-        if _is_image(name):
-          out.append((cls, file))
-        else:
-          skipped.append(('not_an_image', file))
+    for file in _visible_files(path):
+      if _is_image(file):
+        out.append((cls, file))
+      else:
+        skipped.append(('not_an_image', file))
   return out
+
+
+def _visible_files(root):
+  """Every file under root, sorted, leaving out hidden files and folders."""
+  for directory, dirs, files in os.walk(root):
+    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    for name in sorted(files):
+      if not name.startswith('.'):
+        yield os.path.join(directory, name)
 
 
 @dataclasses.dataclass
@@ -879,14 +883,9 @@ def _plot_class_counts(plt, examples, class_names, directory):
 def fingerprint(kind: str, root: str, version: str) -> str:
   """A hash of the converter version and every file's path, size and mtime."""
   h = hashlib.sha256(f'{version}\n{kind}\n{root}\n'.encode())
-  for directory, dirs, files in os.walk(root):
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-    for name in sorted(files):
-      if name.startswith('.'):
-        continue
-      path = os.path.join(directory, name)
-      st = os.stat(path)
-      h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+  for path in _visible_files(root):
+    st = os.stat(path)
+    h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
   return h.hexdigest()
 
 

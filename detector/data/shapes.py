@@ -160,12 +160,12 @@ def object_crops(split, index):
   return crops
 
 
-class ShapesObjects(tfds.core.GeneratorBasedBuilder):
+class ShapesObjects(Shapes):
   """Crops of the `shapes` objects, labelled by class: the built-in offline
-  image-classification dataset (`configs/classify.py`'s default)."""
+  image-classification dataset (`configs/classify.py`'s default). Splits are
+  made as `Shapes` makes them, from the scenes of each split."""
 
   name = 'shapes_objects'
-  code_path = epath.Path(__file__)
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
@@ -199,11 +199,6 @@ class ShapesObjects(tfds.core.GeneratorBasedBuilder):
         supervised_keys=('image', 'label'),
         homepage=None,
     )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {split: self._generate_examples(split, size)
-            for split, size in self.builder_config.split_sizes.items()}
 
   def _generate_examples(self, split, size):
     for index in range(size):
