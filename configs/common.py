@@ -183,6 +183,10 @@ def _optimizer_and_loop(config):
   config.eval_every_steps = 0
   config.keep_checkpoints = 3
   config.eval_batch_size = 64
+  # Steps to trace with the JAX profiler (e.g. (100, 101, 102)): the trace
+  # of the first to the last goes to workdir/profile/ (TensorBoard's Profile
+  # tab, or Perfetto). () traces nothing.
+  config.profile_steps = ()
 
 
 def make_tiny(config: ml_collections.ConfigDict, image_size: int):

@@ -92,15 +92,63 @@ def check_compatible(mngr: ocp.CheckpointManager, step: int, abstract_state):
 
 
 def restore_or_none(mngr: ocp.CheckpointManager, abstract_state) -> Optional[Any]:
-  """Restores the latest checkpoint into `abstract_state`'s shardings, or None."""
-  step = mngr.latest_step()
-  if step is None:
-    return None
-  check_compatible(mngr, step, abstract_state)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  logging.info('Resumed from checkpoint step %d in %s', step, mngr.directory)
-  return restored['state']
+  """Restores the latest readable checkpoint into `abstract_state`'s
+  shardings, or returns None when there is none.
+
+  A checkpoint that cannot be read (half-written by a crash, truncated or
+  corrupt files) is renamed `<step>.unreadable` (kept for inspection, out of
+  the way of the step that will be written again) and the previous one is
+  tried, with a warning naming both. A checkpoint of another config is not
+  corruption: IncompatibleCheckpointError. If checkpoints exist but none can
+  be read, a ConfigError names them rather than starting over silently.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  bad = []
+  for step in steps:
+    try:
+      check_compatible(mngr, step, abstract_state)
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except IncompatibleCheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax, TensorStore and JSON raise many kinds of error for bad files.
+      bad.append(step)
+      _set_aside(mngr, step)
+      logging.warning('Checkpoint step %d in %s cannot be read (%s: %s); '
+                      'renamed to %d.unreadable. Trying the previous one.',
+                      step, mngr.directory, type(e).__name__,
+                      str(e).splitlines()[0][:300] if str(e) else '', step)
+      continue
+    if bad:
+      logging.warning('Resumed from checkpoint step %d in %s instead of the '
+                      'unreadable step(s) %s.', step, mngr.directory, bad)
+    else:
+      logging.info('Resumed from checkpoint step %d in %s', step, mngr.directory)
+    return restored['state']
+  unreadable = sorted(n for n in os.listdir(str(mngr.directory))
+                      if '.unreadable' in n) if os.path.isdir(
+                          str(mngr.directory)) else []
+  if bad or unreadable:
+    raise errors.ConfigError(
+        f'no checkpoint in {mngr.directory} can be read (steps {bad or "-"}; '
+        f'set aside: {unreadable}); move them away to start from scratch')
+  return None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int):
+  """Renames an unreadable step directory to <step>.unreadable (process 0)."""
+  if jax.process_index() == 0:
+    path = os.path.join(str(mngr.directory), str(step))
+    target = f'{path}.unreadable'
+    if os.path.exists(target):
+      target = f'{path}.unreadable.{os.getpid()}'
+    if os.path.exists(path):
+      os.rename(path, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'checkpoint {step} set aside')
+  mngr.reload()
 
 
 def resolve_init_from(config: ml_collections.ConfigDict,

@@ -502,6 +502,43 @@ class _Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
+class _Profiler:
+  """A JAX profiler trace of `config.profile_steps` (first to last) into
+  workdir/profile/; stopped on leaving the loop in any case."""
+
+  def __init__(self, steps, workdir):
+    steps = sorted(int(s) for s in steps)
+    if steps and steps[0] < 1:
+      raise errors.ConfigError(f'config.profile_steps={tuple(steps)}: steps '
+                               'count from 1')
+    self.first, self.last = (steps[0], steps[-1]) if steps else (None, None)
+    self.directory = os.path.join(workdir, 'profile')
+    self.running = False
+
+  def __enter__(self):
+    return self
+
+  def before(self, step):
+    if step == self.first:
+      jax.profiler.start_trace(self.directory)
+      self.running = True
+
+  def after(self, step, state):
+    if self.running and step == self.last:
+      self._stop(state)
+
+  def _stop(self, state=None):
+    if state is not None:
+      jax.block_until_ready(state)  # The trace holds the steps' device work.
+    jax.profiler.stop_trace()
+    self.running = False
+    logging.info('Profiler trace of steps %d..%d written to %s (TensorBoard: '
+                 'Profile tab).', self.first, self.last, self.directory)
+
+  def __exit__(self, *exc):
+    if self.running:
+      self._stop()
+
 # ---------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------
@@ -554,10 +591,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   num_dropped = 0
   preempted = False
   predict_fn = None  # Compiled on the first periodic evaluation.
+  profiler = _Profiler(config.get('profile_steps', ()), workdir)
   logging.info('Training steps %d..%d, global batch %d on %d devices.',
                start, s.total_steps, config.batch_size, jax.device_count())
-  with _Preemption() as preemption:
+  with _Preemption() as preemption, profiler:
     for step in range(start + 1, s.total_steps + 1):
+      profiler.before(step)
       batch = next(train_iter)
       if 'num_dropped' in batch:
         num_dropped += int(batch['num_dropped'].sum())
@@ -571,6 +610,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
             lambda acc, m: acc.merge(collection.single_from_model_output(**m)))
       train_metrics = (first_metrics(metrics) if train_metrics is None
                        else merge_metrics(train_metrics, metrics))
+      profiler.after(step, state)
       if pending is not None:
         _check_finite(*pending)
       pending = (step, metrics['loss'])

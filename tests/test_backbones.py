@@ -57,7 +57,9 @@ def test_every_backbone_size_trains_one_step(chunk):
         # 64 px: the stride-32 maps are 2 x 2, so BatchNorm sees 8 values.
         x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)),
                         jnp.float32)
-        shapes = jax.eval_shape(backbone.init, jax.random.PRNGKey(0), x)
+        # One trace gives the output shapes and the variables' shapes.
+        levels, shapes = jax.eval_shape(
+            lambda: backbone.init_with_output(jax.random.PRNGKey(0), x))
         rng = np.random.default_rng(1)
         # Random values, not the initialisers (whose zero BatchNorm scales
         # would cut gradients), of each kind's usual scale: He-normal kernels,
@@ -71,7 +73,6 @@ def test_every_backbone_size_trains_one_step(chunk):
             lambda path, s: jnp.asarray(draw[path[-1].key](s.shape), jnp.float32),
             shapes)
         stats = variables['batch_stats']
-        levels = jax.eval_shape(lambda: backbone.apply(variables, x, mutable=['batch_stats'])[0])
         proj = {l: jnp.asarray(rng.normal(size=levels[l].shape), jnp.float32)
                 for l in (2, 3, 4, 5)}
 

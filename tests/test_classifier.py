@@ -125,8 +125,13 @@ def test_classifier_trains_evaluates_and_writes_consistent_files(
     objects_data_dir, tmp_path):
   config = _config(objects_data_dir)
   config.eval_every_steps = 3
+  config.profile_steps = (2, 3)
   workdir = str(tmp_path / 'wd')
   metrics = train.train_and_evaluate(config, workdir)
+  # config.profile_steps: a profiler trace in the workdir.
+  traces = [f for _, _, files in os.walk(os.path.join(workdir, 'profile'))
+            for f in files if f.endswith('.xplane.pb')]
+  assert len(traces) == 1, traces
   eval_dir = os.path.join(workdir, 'eval')
   with open(os.path.join(eval_dir, 'predictions_test.json')) as f:
     predictions = json.load(f)

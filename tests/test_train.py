@@ -201,7 +201,8 @@ def test_eight_devices_match_one_device():
       else:
         raise AssertionError('batch 12 on 8 devices was accepted')
       print('OK', a1, b1)
-  ''', {'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  ''', {'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '') +  # The suite's compile flags.
+                      ' --xla_force_host_platform_device_count=8').strip()})
   assert 'OK' in out
 
 
