@@ -5,6 +5,10 @@
         --config.batch_size=32 --config.model.head=retinanet
     .venv/bin/python main.py --config=configs/cnn.py --workdir=workdirs/cnn \
         --mode=evaluate
+
+Several processes (README "Several hosts"): the same command in each, with
+`--distributed` on a cluster JAX detects (Cloud TPU VM, SLURM, Open MPI), or
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`.
 """
 
 import detector  # pylint: disable=unused-import  # Sets XLA flags before JAX starts.
@@ -18,6 +22,7 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+from detector import distributed
 from detector import errors
 from detector import train
 
@@ -29,6 +34,14 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and eval/.
 flags.DEFINE_enum('mode', 'train', ['train', 'evaluate'],
                   'train (resumes from workdir, evaluates at the end) or '
                   'evaluate (scores the latest checkpoint).')
+flags.DEFINE_bool('distributed', False, 'Initialise JAX\'s distributed runtime '
+                  'from what the cluster set (Cloud TPU VM pod slices, SLURM, '
+                  'Open MPI, Kubernetes).')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0\'s '
+                    'coordinator, for an explicit multi-process run.')
+flags.DEFINE_integer('num_processes', None, 'Processes in the run (explicit).')
+flags.DEFINE_integer('process_id', None, 'This process\'s index, 0..N-1 '
+                     '(explicit).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -48,9 +61,11 @@ def main(argv):
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
   std_logging.getLogger('absl').addFilter(_LibraryChatter())
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
   try:
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                           FLAGS.process_id, auto=FLAGS.distributed)
+    logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+                 jax.process_count(), jax.local_devices())
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
