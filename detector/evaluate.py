@@ -32,8 +32,7 @@ from detector.data import pipeline
 from detector.evaluation import classification as classification_metrics
 from detector.evaluation import coco
 from detector.evaluation import prf
-from detector.models import classifier as classifier_lib
-from detector.models import detector as detector_lib
+from detector import tasks
 from detector.ops import boxes as box_ops
 
 
@@ -42,8 +41,7 @@ def make_predict_fn(setup):
   classifier's {'probabilities'})."""
   batch = NamedSharding(setup.mesh, P('data'))
   replicated = NamedSharding(setup.mesh, P())
-  model_lib = (classifier_lib if setup.task == 'classification'
-               else detector_lib)
+  model_lib = tasks.model_module(setup.task)
   return jax.jit(
       lambda variables, images: model_lib.predict(
           setup.eval_model, variables, images, setup.eval_model_config),

@@ -33,5 +33,16 @@ def data_module(config):
   return pipeline
 
 
+def model_module(task_name: str):
+  """The model module of a task (`build`, `predict`; the classifier's also
+  `loss`, a detector's loss is its head's)."""
+  # pylint: disable=g-import-not-at-top
+  if task_name == 'classification':
+    from detector.models import classifier
+    return classifier
+  from detector.models import detector
+  return detector
+
+
 def train_keys(config):
   return CLASSIFICATION_KEYS if is_classification(config) else DETECTION_KEYS

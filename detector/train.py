@@ -38,7 +38,6 @@ from detector import models
 from detector import tasks
 from detector.data import classification
 from detector.data import pipeline
-from detector.models import classifier as classifier_lib
 from detector.models import detector as detector_lib
 from detector.models import layers
 
@@ -423,7 +422,7 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
   with eval_model_config.unlocked():
     eval_model_config.image_size = tuple(config.eval_image_size)
   eval_model_config.lock()
-  model_lib = classifier_lib if tasks.is_classification(config) else detector_lib
+  model_lib = tasks.model_module(tasks.task(config))
   train_model = model_lib.build(model_config, train=True)
   eval_model = model_lib.build(model_config, train=False)
   labels = None
@@ -462,7 +461,7 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
 def make_train_step(s: Setup):
   """The jitted train step: batch sharded over 'data', state replicated and donated."""
   # The object whose loss(outputs, batch, model_config) the step minimises.
-  head = (classifier_lib if s.task == 'classification'
+  head = (tasks.model_module(s.task) if s.task == 'classification'
           else models.head_module(s.model_config.head))
   return jax.jit(
       functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,

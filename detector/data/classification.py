@@ -32,7 +32,6 @@ As in detection, the training order and every random draw are functions of
 (seed, position in the stream), so resuming continues the same stream.
 """
 
-import math
 from typing import Iterator, Optional
 
 import jax
@@ -49,11 +48,7 @@ AUGMENTATIONS = ('random_resized_crop', 'hflip', 'color_jitter')
 
 
 def check_augmentations(config):
-  unknown = [a for a in config.input.augmentations if a not in AUGMENTATIONS]
-  if unknown:
-    raise errors.ConfigError(
-        f'config.input.augmentations has {unknown}; known for classification: '
-        f'{list(AUGMENTATIONS)}')
+  pipeline.check_augmentations(config, known=AUGMENTATIONS)
   lo, hi = config.input.crop_scale
   if not 0 < lo <= hi <= 1:
     raise errors.ConfigError(f'config.input.crop_scale={(lo, hi)}: need '
@@ -87,10 +82,6 @@ def _decoder(label_key):
     return {'image': example['image'],
             'label': tf.cast(example[label_key], tf.int32)}
   return decode
-
-
-def _to_uint8(image):
-  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def random_resized_crop(image, size, seed, scale=(0.08, 1.0),
@@ -142,7 +133,7 @@ def _train_map(config):
       image = preprocess.random_color_jitter(
           image, seeds[2], brightness=c.brightness, contrast=c.contrast,
           saturation=c.saturation)
-    image = tf.ensure_shape(_to_uint8(image), size + (3,))
+    image = tf.ensure_shape(preprocess.to_uint8(image), size + (3,))
     return {'image': image, 'label': example['label']}
   return fn
 
@@ -176,19 +167,13 @@ def eval_batches(config: ml_collections.ConfigDict, builder, split: str,
   def fn(index, example):
     example = decode(example)
     image = center_crop(example['image'], size, config.input.eval_crop_fraction)
-    return {'image': tf.ensure_shape(_to_uint8(image), size + (3,)),
+    return {'image': tf.ensure_shape(preprocess.to_uint8(image), size + (3,)),
             'label': example['label'], 'index': index + offset,
             'example_mask': tf.constant(True)}
 
-  total = pipeline.split_size(builder, split)
-  num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch)
-  ds = builder.as_dataset(split=pipeline._process_split(split),  # pylint: disable=protected-access
-                          shuffle_files=False)
-  ds = ds.enumerate().map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(batch).prefetch(2)
-  it = iter(tfds.as_numpy(ds))
-  for _ in range(num_batches):
-    yield pad_batch(next(it, None), batch, size)
+  return pipeline.process_batches(builder, split, batch, fn,
+                                  lambda b: pad_batch(b, batch, size),
+                                  with_index=True)
 
 
 def pad_batch(batch, batch_size, image_size):

@@ -158,7 +158,7 @@ def _pack(image, boxes, labels, keep, example, scale, max_boxes):
   """Pads the kept boxes to max_boxes and packs the example's dict."""
   padded = preprocess.pad_to_max_boxes(boxes, labels, keep, max_boxes)
   return {
-      'image': tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
+      'image': preprocess.to_uint8(image),
       'boxes': padded['boxes'],
       'labels': padded['labels'],
       'box_mask': padded['mask'],
@@ -173,11 +173,13 @@ def _pack(image, boxes, labels, keep, example, scale, max_boxes):
 AUGMENTATIONS = ('hflip', 'scale_jitter', 'color_jitter', 'mosaic')
 
 
-def check_augmentations(config):
-  unknown = [a for a in config.input.augmentations if a not in AUGMENTATIONS]
+def check_augmentations(config, known=AUGMENTATIONS):
+  """Every name in config.input.augmentations is one of `known` (default:
+  the detection ops; classification passes its own)."""
+  unknown = [a for a in config.input.augmentations if a not in known]
   if unknown:
     raise errors.ConfigError(
-        f'config.input.augmentations has {unknown}; known: {list(AUGMENTATIONS)}')
+        f'config.input.augmentations has {unknown}; known: {list(known)}')
 
 
 def _train_map(config, seed):
@@ -321,20 +323,34 @@ def eval_batches(config: ml_collections.ConfigDict, builder, split: str,
   max_boxes = config.input.max_boxes
 
   def fn(example):
+    example = _decode(example)
     image, boxes, info = preprocess.resize_and_pad(example['image'],
                                                    example['boxes'], size)
     return _finish(image, boxes, example['labels'], info, example, max_boxes,
                    0.0)
 
+  return process_batches(builder, split, batch, fn,
+                         lambda b: pad_batch(b, batch, size, max_boxes))
+
+
+def process_batches(builder, split: str, batch: int, map_fn, pad,
+                    with_index: bool = False) -> Iterator[dict]:
+  """Yields this process's examples of `split`, mapped and batched.
+
+  Every process yields as many batches (its largest shard's), the short or
+  missing ones completed by `pad(batch or None)`. With `with_index`, map_fn
+  gets (position in this process's shard, example). Shared by detection
+  and classification evaluation.
+  """
   total = split_size(builder, split)
   num_batches = math.ceil(math.ceil(total / jax.process_count()) / batch)
   ds = builder.as_dataset(split=_process_split(split), shuffle_files=False)
-  ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
-  ds = ds.prefetch(2)
-  it = iter(tfds.as_numpy(ds))
+  if with_index:
+    ds = ds.enumerate()
+  ds = ds.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
+  it = iter(tfds.as_numpy(ds.prefetch(2)))
   for _ in range(num_batches):
-    yield pad_batch(next(it, None), batch, size, max_boxes)
+    yield pad(next(it, None))
 
 
 def pad_batch(batch, batch_size, image_size, max_boxes):

@@ -47,6 +47,11 @@ TensorLike = Union[tf.Tensor, int, float]
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
+def to_uint8(image: tf.Tensor) -> tf.Tensor:
+  """Rounds and clips a [0, 255] float image to uint8."""
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
 def normalized_to_pixels(boxes: tf.Tensor, height: TensorLike,
                          width: TensorLike) -> tf.Tensor:
   """Converts normalised boxes to pixel boxes.
