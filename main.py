@@ -70,8 +70,9 @@ def main(argv):
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
       train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-  except (errors.ConfigError, errors.TrainingDivergedError) as e:
-    # A user's mistake: one clear line, no traceback.
+  except (errors.ConfigError, errors.TrainingDivergedError,
+          errors.CheckpointError) as e:
+    # A user's mistake or a full disk: one clear line, no traceback.
     logging.error('%s', e)
     raise SystemExit(f'error: {e}') from None
 

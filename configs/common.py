@@ -174,6 +174,20 @@ def _optimizer_and_loop(config):
 
   config.ema_decay = 0.999            # EMA of the weights used for evaluation; 0: off.
   config.batch_size = 16              # Global, over all devices and processes.
+  # Gradient accumulation: each step runs its batch_size examples as this
+  # many micro-batches in turn and sums their gradients, one update of the
+  # whole batch with the activation memory of a micro-batch. It equals the
+  # whole batch up to float rounding where BatchNorm does not normalise over
+  # the batch (norm='frozen_batch_norm'): BatchNorm sees each micro-batch.
+  config.grad_accum_steps = 1
+  # How the train state lies on the device mesh (axis 'data'): 'data' keeps
+  # parameters and optimizer state whole on every device (data parallel);
+  # 'fsdp' shards each of their arrays of at least fsdp_min_size elements
+  # over the devices along its largest evenly dividing dimension (fully
+  # sharded data parallel: per-device state memory / number of devices, for
+  # backbones too big to replicate). Both compute the same steps.
+  config.sharding = 'data'
+  config.fsdp_min_size = 2 ** 14
   config.num_epochs = ml_collections.FieldReference(None, field_type=float)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500

@@ -11,3 +11,9 @@ class ConfigError(ValueError):
 
 class TrainingDivergedError(FloatingPointError):
   """The loss became NaN or infinite; the message names the step."""
+
+
+class CheckpointError(OSError):
+  """A checkpoint could not be written (disk full, file too large, no
+  permission); the message names the directory, the step, the OS error and
+  the step a rerun resumes from."""

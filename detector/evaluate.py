@@ -40,12 +40,13 @@ def make_predict_fn(setup):
   """Jitted (variables, images uint8 [B, H, W, 3]) -> detections dict (or a
   classifier's {'probabilities'})."""
   batch = NamedSharding(setup.mesh, P('data'))
-  replicated = NamedSharding(setup.mesh, P())
   model_lib = tasks.model_module(setup.task)
+  # The variables stay sharded as in the train state (whole, or FSDP shards).
+  variables = setup.state_sharding.eval_variables()
   return jax.jit(
       lambda variables, images: model_lib.predict(
           setup.eval_model, variables, images, setup.eval_model_config),
-      in_shardings=(replicated, batch), out_shardings=batch)
+      in_shardings=(variables, batch), out_shardings=batch)
 
 
 def _gather(x):

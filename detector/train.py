@@ -3,8 +3,10 @@
 Read top to bottom: config checks -> optimizer -> state -> train step -> loop.
 The same code runs on one CPU, on fake CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), a GPU and a TPU pod:
-the batch is sharded over the mesh axis 'data' and the state is replicated,
-so XLA inserts the gradient all-reduce. The step compiles once per run.
+the batch is sharded over the mesh axis 'data' and the state is replicated
+(or, with config.sharding='fsdp', sharded over the same axis), so XLA inserts
+the gradient all-reduce (or the parameter gathers and gradient
+reduce-scatters). The step compiles once per run.
 """
 
 import collections
@@ -54,6 +56,9 @@ def required_stride(model_config: ml_collections.ConfigDict) -> int:
   return 2 ** max(levels)
 
 
+SHARDINGS = ('data', 'fsdp')  # config.sharding: see state_shardings.
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: str):
   """Raises ValueError saying what to change for a config that cannot run."""
   classify = tasks.is_classification(config)
@@ -65,6 +70,16 @@ def check_config(config: ml_collections.ConfigDict, workdir: str):
           f'config.{key}={value} must be a positive multiple of the number of '
           f'devices ({n_dev}) and processes ({n_proc}); for example '
           f'--config.{key}={max(n_dev, n_dev * round(max(value, 1) / n_dev))}')
+  accum = config.grad_accum_steps
+  if accum < 1 or config.batch_size % (accum * n_dev):
+    raise errors.ConfigError(
+        f'config.grad_accum_steps={accum} with config.batch_size='
+        f'{config.batch_size} on {n_dev} devices: each of the {accum} '
+        'micro-batches is split over every device, so batch_size must be a '
+        f'multiple of grad_accum_steps x devices = {max(accum, 1) * n_dev}')
+  if config.sharding not in SHARDINGS:
+    raise errors.ConfigError(f'config.sharding={config.sharding!r}: expected '
+                             f'one of {SHARDINGS}')
   # A classifier pools globally: any size its backbone takes will do.
   stride = 1 if classify else required_stride(config.model)
   for key in ('image_size', 'eval_image_size'):
@@ -234,7 +249,7 @@ class TrainState:
 
 
 def create_state(model: nn.Module, tx, config, rng) -> TrainState:
-  """A fresh state (call under jit with replicated out_shardings)."""
+  """A fresh state (call under jit with the state shardings as out_shardings)."""
   init_rng, state_rng = jax.random.split(rng)
   h, w = config.image_size
   variables = model.init(init_rng, jnp.zeros((1, h, w, 3), jnp.uint8))
@@ -246,6 +261,41 @@ def create_state(model: nn.Module, tx, config, rng) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=batch_stats, opt_state=tx.init(params),
                     rng=state_rng, ema=ema)
+
+
+def state_shardings(abstract_state, mesh: Mesh, kind: str = 'data',
+                    min_size: int = 2 ** 14):
+  """The sharding of each array of the state on `mesh` (axis 'data').
+
+  'data': every array whole on every device. 'fsdp': each array of at least
+  `min_size` elements is split over the devices along its largest dimension
+  that they divide evenly (the last of equals, usually output channels);
+  smaller ones and those with no such dimension stay whole. Under jit, XLA
+  gathers a layer's parameters where the step needs them and reduce-scatters
+  their gradients, so the update itself runs on each device's shard.
+  """
+  replicated = NamedSharding(mesh, P())
+  n = mesh.shape['data']
+
+  def one(leaf):
+    if kind == 'data' or n == 1 or leaf.size < min_size:
+      return replicated
+    dims = [i for i, d in enumerate(leaf.shape) if d % n == 0]
+    if not dims:
+      return replicated
+    axis = max(dims, key=lambda i: (leaf.shape[i], i))
+    return NamedSharding(mesh, P(*[('data' if i == axis else None)
+                                   for i in range(leaf.ndim)]))
+  return jax.tree_util.tree_map(one, abstract_state)
+
+
+def state_bytes_per_device(abstract_state) -> int:
+  """Bytes of the state one device holds under the shardings it carries."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(abstract_state):
+    shard = leaf.sharding.shard_shape(leaf.shape)
+    total += int(np.prod(shard)) * leaf.dtype.itemsize
+  return total
 
 
 def update_ema(ema, params, batch_stats, step, decay):
@@ -262,29 +312,37 @@ def update_ema(ema, params, batch_stats, step, decay):
 # ---------------------------------------------------------------------------
 
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
-               head, model_config, schedule, ema_decay=0.0, labels=None
-               ) -> Tuple[TrainState, Dict]:
+               head, model_config, schedule, ema_decay=0.0, labels=None,
+               accum_steps=1, micro_sharding=None) -> Tuple[TrainState, Dict]:
   """One optimisation step on a global batch; returns the state and metrics.
 
   `labels` (see `param_labels`) marks frozen parameters: they enter the
   forward pass through stop_gradient, so XLA does not compute their
   gradients at all (the backward pass stops at the first trained layer).
+  With `accum_steps` > 1 the batch runs as that many micro-batches (see
+  `_accumulated_gradients`).
   """
   rng, dropout_rng = jax.random.split(state.rng)
 
-  def loss_fn(params):
+  def loss_fn(params, micro, rng):
     if labels is not None:
       params = jax.tree_util.tree_map(
           lambda p, l: jax.lax.stop_gradient(p) if l == FROZEN else p,
           params, labels)
     outputs, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'],
-        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-    loss, parts = head.loss(outputs, batch, model_config)
+        {'params': params, 'batch_stats': state.batch_stats}, micro['image'],
+        mutable=['batch_stats'], rngs={'dropout': rng})
+    loss, parts = head.loss(outputs, micro, model_config)
     return loss, (parts, updates['batch_stats'])
 
-  (loss, (parts, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    (loss, (parts, batch_stats)), grads = grad_fn(state.params, batch,
+                                                  dropout_rng)
+    parts = {k: v for k, v in parts.items() if k != 'normalizer'}
+  else:
+    loss, parts, batch_stats, grads = _accumulated_gradients(
+        grad_fn, state, batch, dropout_rng, accum_steps, micro_sharding)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(parts, loss=loss, grad_norm=optax.global_norm(grads),
@@ -297,6 +355,64 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *, model, tx,
                             batch_stats=batch_stats, opt_state=opt_state,
                             rng=rng, ema=ema)
   return new_state, metrics
+
+
+def _accumulated_gradients(grad_fn, state, batch, rng, k, micro_sharding):
+  """Loss, metrics, BatchNorm statistics and gradients of the batch, computed
+  over `k` micro-batches in a scan (one micro-batch's activations at a time).
+
+  Micro-batch j holds examples j, j + k, j + 2k, ...: each device's examples
+  stay on it and every micro-batch is spread over all devices. A loss that
+  is a sum over examples divided by a count taken from the data (a head's
+  `normalizer` part: boxes or positive anchors, clamped to >= 1) is rebuilt
+  exactly: each micro-batch's loss and gradient are weighted by its count
+  and the sums divided by the whole batch's; a loss without one (a mean over
+  examples) has equal weights. Parts named `*loss` are weighted like the
+  loss, other parts averaged. BatchNorm statistics are updated once, from
+  the average of the micro-batches' statistics.
+  """
+  def split(x):
+    x = x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(x, micro_sharding)
+  micro_batches = {key: split(value) for key, value in batch.items()}
+
+  def body(carry, xs):
+    micro, j = xs
+    (loss, (parts, stats)), grads = grad_fn(
+        state.params, micro, jax.random.fold_in(rng, j))
+    parts = dict(parts)
+    count = parts.pop('normalizer', None)
+    weight = 1.0 if count is None else jnp.maximum(count, 1.0)
+    acc_grads, acc_loss, acc_parts, acc_stats, acc_count = carry
+    add = lambda a, b, w=1.0: jax.tree_util.tree_map(
+        lambda x, y: x + w * y, a, b)
+    weighted = {n: (weight if n.endswith('loss') else 1.0) * v
+                for n, v in parts.items()}
+    return (add(acc_grads, grads, weight), acc_loss + weight * loss,
+            add(acc_parts, weighted),
+            add(acc_stats, jax.tree_util.tree_map(jnp.subtract, stats,
+                                                  state.batch_stats)),
+            acc_count + (0.0 if count is None else count)), None
+
+  zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+  first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+  (_, (parts_shape, _)), _ = jax.eval_shape(grad_fn, state.params, first, rng)
+  has_count = 'normalizer' in parts_shape
+  parts_zeros = {n: jnp.zeros(v.shape, v.dtype) for n, v in parts_shape.items()
+                 if n != 'normalizer'}
+  init = (zeros(state.params), jnp.zeros((), jnp.float32), parts_zeros,
+          zeros(state.batch_stats), jnp.zeros((), jnp.float32))
+  (grads, loss, parts, stats, count), _ = jax.lax.scan(
+      body, init, (micro_batches, jnp.arange(k)))
+  denominator = jnp.maximum(count, 1.0) if has_count else float(k)
+  scale = lambda tree, d: jax.tree_util.tree_map(lambda x: x / d, tree)
+  parts = {n: v / (denominator if n.endswith('loss') else k)
+           for n, v in parts.items()}
+  # The mean of the micro-batches' statistics, as the mean of their changes
+  # (exactly no change where BatchNorm is frozen).
+  stats = jax.tree_util.tree_map(lambda old, change: old + change / k,
+                                 state.batch_stats, stats)
+  return loss / denominator, parts, stats, scale(grads, denominator)
 
 
 def metrics_collection(names):
@@ -328,6 +444,7 @@ class Setup:
   state_sharding: Any
   init_fn: Callable            # Jitted rng -> TrainState, already sharded.
   labels: Any = None           # param_labels tree, None when nothing is frozen.
+  grad_accum_steps: int = 1    # Micro-batches per step.
   # The dataset's own id of each label, for COCO files (None: label + 1).
   category_ids: Any = None
 
@@ -440,14 +557,17 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
                  'head: %d.', counts[FROZEN], config.optimizer.backbone_lr_mult,
                  counts[BACKBONE], counts[TRAINED])
   tx, schedule = make_optimizer(config, total_steps, labels)
-  replicated = NamedSharding(mesh, P())
-  init_fn = jax.jit(functools.partial(create_state, train_model, tx, config),
-                    out_shardings=replicated)
-  abstract_state = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract_state)
+  create = functools.partial(create_state, train_model, tx, config)
+  abstract_state = jax.eval_shape(create, jax.random.PRNGKey(0))
+  state_sharding = state_shardings(abstract_state, mesh, config.sharding,
+                                   config.fsdp_min_size)
+  init_fn = jax.jit(create, out_shardings=state_sharding)
   abstract_state = jax.tree_util.tree_map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract_state, state_sharding)
+  logging.info('Train state: %.1f MiB per device (sharding %r over %d '
+               'devices).', state_bytes_per_device(abstract_state) / 2**20,
+               config.sharding, mesh.size)
   return Setup(mesh=mesh, builder=builder, class_names=list(class_names),
                task=tasks.task(config), model_config=model_config,
                eval_model_config=eval_model_config,
@@ -455,18 +575,22 @@ def build_setup(config: ml_collections.ConfigDict, class_names, total_steps: int
                eval_model=eval_model, tx=tx, schedule=schedule,
                total_steps=total_steps, ema_decay=config.ema_decay,
                abstract_state=abstract_state,
-               state_sharding=state_sharding, init_fn=init_fn, labels=labels)
+               state_sharding=state_sharding, init_fn=init_fn, labels=labels,
+               grad_accum_steps=config.grad_accum_steps)
 
 
 def make_train_step(s: Setup):
-  """The jitted train step: batch sharded over 'data', state replicated and donated."""
+  """The jitted train step: batch sharded over 'data', state as
+  `s.state_sharding` (replicated, or sharded for FSDP) and donated."""
   # The object whose loss(outputs, batch, model_config) the step minimises.
   head = (tasks.model_module(s.task) if s.task == 'classification'
           else models.head_module(s.model_config.head))
   return jax.jit(
       functools.partial(train_step, model=s.train_model, tx=s.tx, head=head,
                         model_config=s.model_config, schedule=s.schedule,
-                        ema_decay=s.ema_decay, labels=s.labels),
+                        ema_decay=s.ema_decay, labels=s.labels,
+                        accum_steps=s.grad_accum_steps,
+                        micro_sharding=NamedSharding(s.mesh, P(None, 'data'))),
       in_shardings=(s.state_sharding, NamedSharding(s.mesh, P('data'))),
       out_shardings=(s.state_sharding, NamedSharding(s.mesh, P())),
       donate_argnums=0)
@@ -570,7 +694,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       logging.info('No checkpoint in %s: initialising from scratch (seed %d).',
                    mngr.directory, config.seed)
   start = int(state.step)
-  parameter_overview.log_parameter_overview(state.params)
+  # Statistics need every value in this process: not so for FSDP shards on
+  # other hosts.
+  parameter_overview.log_parameter_overview(
+      state.params, include_stats=all(
+          x.is_fully_addressable or x.is_fully_replicated
+          for x in jax.tree_util.tree_leaves(state.params)))
   if start >= s.total_steps:
     logging.info('Checkpoint step %d is already the final step %d.', start,
                  s.total_steps)
@@ -618,16 +747,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
         _check_finite(*pending)
         values = {f'train/{k}': v for k, v in train_metrics.compute().items()}
         if s.task == 'detection':
+          # Ground-truth boxes cut by input.max_boxes since the last write
+          # (per interval, so a resumed run logs what the uninterrupted did).
           values['train/boxes_over_max_boxes'] = num_dropped
+          num_dropped = 0
         writer.write_scalars(step, values)
         train_metrics = None
+      # CLU writes metrics from a thread: flushed before each checkpoint,
+      # every step up to it is on disk once it is, so that after a SIGKILL
+      # (the rerun logs from the checkpoint on) no step's metrics are lost.
       if preemption.requested:
         _check_finite(*pending)
+        writer.flush()
         checkpoints.save(mngr, step, state, _meta(step, config), force=True)
         preempted = True
         break
       if step % config.checkpoint_every_steps == 0 or step == s.total_steps:
         _check_finite(*pending)
+        writer.flush()
         checkpoints.save(mngr, step, state, _meta(step, config),
                          force=step == s.total_steps)
       if (config.eval_every_steps and step % config.eval_every_steps == 0
@@ -636,7 +773,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
           predict_fn = evaluate.make_predict_fn(s)
         evaluate.evaluate_during_training(config, s, state, workdir, writer,
                                           predict_fn)
-  mngr.wait_until_finished()
+  checkpoints.wait(mngr)  # A failed write stops the run here: CheckpointError.
   if step_fn._cache_size() > 1:  # pylint: disable=protected-access
     logging.warning('The train step was compiled %d times; a shape or dtype '
                     'changed between steps.', step_fn._cache_size())  # pylint: disable=protected-access

@@ -152,7 +152,9 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
     config: `config.model` (uses `centernet.*` and `num_classes`).
 
   Returns:
-    (scalar loss, {'heatmap': ..., 'box': ...}).
+    (scalar loss, {'heatmap_loss', 'box_loss', 'normalizer'}): both terms are
+    sums over the batch divided by max(normalizer, 1), the number of boxes
+    (gradient accumulation rebuilds a whole batch's loss from it).
   """
   cfg = config.centernet
   heat_logits = outputs['heatmap']
@@ -163,13 +165,15 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
                                           alpha=cfg.gaussian_alpha))(
                                               batch['boxes'], batch['labels'],
                                               batch['box_mask'])
-  num_boxes = jnp.maximum(batch['box_mask'].sum(), 1).astype(jnp.float32)
+  count = batch['box_mask'].sum().astype(jnp.float32)
+  num_boxes = jnp.maximum(count, 1.0)
   heat_loss = losses.gaussian_focal_loss(heat_logits, heatmap).sum() / num_boxes
   pred_boxes = _ltrb_to_boxes(outputs['ltrb'], stride)
   giou = losses.giou_loss(pred_boxes, box_targets)
   box_loss = (giou * box_weights).sum() / num_boxes
   total = heat_loss + cfg.box_loss_weight * box_loss
-  return total, {'heatmap_loss': heat_loss, 'box_loss': box_loss}
+  return total, {'heatmap_loss': heat_loss, 'box_loss': box_loss,
+                 'normalizer': count}
 
 
 def merge_flipped(outputs, flipped, config: ml_collections.ConfigDict):

@@ -91,7 +91,9 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
   """Focal classification loss + box loss; see the module docstring.
 
   Returns:
-    (scalar loss, {'cls_loss': ..., 'box_loss': ..., 'num_positives': ...}).
+    (scalar loss, {'cls_loss', 'box_loss', 'num_positives' (per image),
+    'normalizer'}): both terms are sums over the batch divided by
+    max(normalizer, 1), the number of positive anchors.
   """
   cfg = config.retinanet
   anchors = jnp.asarray(anchors_for(config))
@@ -102,7 +104,8 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
           anchors, gt, m, positive_iou=cfg.positive_iou,
           negative_iou=cfg.negative_iou))(batch['boxes'], batch['box_mask'])
   positive = match_labels == 1
-  num_pos = jnp.maximum(positive.sum(), 1).astype(jnp.float32)
+  count = positive.sum().astype(jnp.float32)
+  num_pos = jnp.maximum(count, 1.0)
 
   gt_labels = jnp.take_along_axis(batch['labels'], matched, axis=1)
   cls_targets = jax.nn.one_hot(gt_labels, num_classes) * positive[..., None]
@@ -125,7 +128,8 @@ def loss(outputs, batch, config: ml_collections.ConfigDict):
   box_loss = jnp.where(positive, per_anchor, 0.).sum() / num_pos
   total = cls_loss + cfg.box_loss_weight * box_loss
   return total, {'cls_loss': cls_loss, 'box_loss': box_loss,
-                 'num_positives': positive.sum() / positive.shape[0]}
+                 'num_positives': positive.sum() / positive.shape[0],
+                 'normalizer': count}
 
 
 def merge_flipped(outputs, flipped, config: ml_collections.ConfigDict):
