@@ -22,7 +22,7 @@ the CPU flag `import detector` adds). Each subprocess prints:
     the time the loop is blocked in the call (copying the state off the
     devices, waiting for the previous save), mean / max / first, next to the
     step time measured meanwhile (the background write shares the CPU); then
-    the final `mngr.wait_until_finished()` and the size of one checkpoint on
+    the final `checkpoints.wait(mngr)` and the size of one checkpoint on
     disk.
 
 On a CPU the 8 "devices" are 8 XLA host devices sharing the same cores
@@ -62,7 +62,8 @@ flags.DEFINE_list('sharding', [], "config.sharding values for the multi-device "
 flags.DEFINE_integer('steps', 15, 'Timed train steps.')
 flags.DEFINE_integer('warmup', 3, 'Untimed train steps first (compilation).')
 flags.DEFINE_integer('saves', 5, 'Checkpoint saves timed.')
-flags.DEFINE_integer('steps_between_saves', 2, 'Train steps before each save.')
+flags.DEFINE_integer('steps_between_saves', 5, 'Train steps before each save (a '
+                     'save waits for the previous one to finish writing).')
 flags.DEFINE_integer('worker', 0, 'Internal: the device count of this '
                      'subprocess (0: the parent, which starts them).')
 FLAGS = flags.FLAGS
@@ -180,7 +181,7 @@ def _worker(n):
     jax.block_until_ready((state, metrics))
     loop = time.perf_counter() - start
     t = time.perf_counter()
-    mngr.wait_until_finished()
+    checkpoints.wait(mngr)
     wait = time.perf_counter() - t
     ckpt_bytes = _dir_bytes(os.path.join(workdir, 'checkpoints', str(done)))
     mngr.close()

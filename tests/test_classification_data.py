@@ -6,7 +6,6 @@ of a folder without split folders, TFDS classification datasets offline
 against PIL and against images that encode their own pixel positions."""
 
 import io
-import math
 import os
 import re
 import shutil

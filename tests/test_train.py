@@ -1,8 +1,10 @@
 """End-to-end tests of the trainer on the tiny shapes dataset.
 
 Each property is checked against something independent of the code path under
-test: an uninterrupted run for resume, pycocotools for the written files, a
-1-device run for the 8-device step.
+test: pycocotools for the written files, a 1-device run for the 8-device
+step, data-parallel steps for FSDP, the whole batch for accumulated
+micro-batches, float32 for bfloat16. Interruptions and resume against an
+uninterrupted run: tests/test_faults.py.
 """
 
 import json
