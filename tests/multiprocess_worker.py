@@ -28,6 +28,7 @@ def main(argv):
   import jax
   import numpy as np
   import cnn
+  import synthetic  # tests/, this script's directory.
   from detector import checkpoints
   from detector import train
   config = cnn.get_config('tiny')
@@ -35,18 +36,12 @@ def main(argv):
   step_fn = train.make_train_step(s)
   sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec('data'))
   state = s.init_fn(jax.random.PRNGKey(0))
-  b, (h, w), k = config.batch_size, config.image_size, config.input.max_boxes
+  b = config.batch_size
   rows = slice(jax.process_index() * b // jax.process_count(),
                (jax.process_index() + 1) * b // jax.process_count())
   losses = []
   for step in range(3):
-    rng = np.random.default_rng(step)
-    yx = rng.uniform(0, 40, (b, k, 2))
-    batch = {'image': rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8),
-             'boxes': np.concatenate([yx, yx + rng.uniform(6, 24, (b, k, 2))],
-                                     -1).astype(np.float32),
-             'labels': rng.integers(0, 6, (b, k)).astype(np.int32),
-             'box_mask': rng.random((b, k)) < 0.5}
+    batch = synthetic.detection_batch(config, step)
     local = {key: value[rows] for key, value in batch.items()}
     state, metrics = step_fn(state, train.device_batch(local, sharding))
     losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))

@@ -22,6 +22,7 @@ import pytest
 
 import efficientnet as efficientnet_config
 import resnet50 as resnet50_config
+import synthetic
 from detector import train
 from detector.models import detector as detector_lib
 
@@ -188,14 +189,8 @@ def test_trainer_step_on_config_smoke_variants(module, arg, tiny_data_dir,
   config = module.get_config(arg)
   with config.unlocked():
     config.data_dir = tiny_data_dir
-  rng = np.random.default_rng(0)
-  b, (h, w), k = config.batch_size, config.image_size, config.input.max_boxes
-  yx = rng.uniform(0, h - 24, (b, k, 2))
-  batch = {'image': rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8),
-           'boxes': np.concatenate([yx, yx + rng.uniform(6, 24, (b, k, 2))],
-                                   -1).astype(np.float32),
-           'labels': rng.integers(0, 6, (b, k)).astype(np.int32),
-           'box_mask': rng.random((b, k)) < 0.5}
+  batch = synthetic.detection_batch(config, 0,
+                                    corner_max=config.image_size[0] - 24)
   s = train.build_setup(config, CLASSES, 10)
   state = s.init_fn(jax.random.PRNGKey(0))
   sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec('data'))

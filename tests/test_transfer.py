@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+import synthetic
+
 from detector import checkpoints
 from detector import errors
 from detector import train
@@ -24,14 +26,8 @@ CLASSES = [f'c{i}' for i in range(6)]
 
 
 def _batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  b, (h, w), k = config.batch_size, config.image_size, config.input.max_boxes
-  yx = rng.uniform(0, h - 24, (b, k, 2))
-  size = rng.uniform(6, 24, (b, k, 2))
-  return {'image': rng.integers(0, 256, (b, h, w, 3), dtype=np.uint8),
-          'boxes': np.concatenate([yx, yx + size], -1).astype(np.float32),
-          'labels': rng.integers(0, 6, (b, k)).astype(np.int32),
-          'box_mask': rng.random((b, k)) < 0.5}
+  return synthetic.detection_batch(config, seed,
+                                   corner_max=config.image_size[0] - 24)
 
 
 def _one_step(config):
