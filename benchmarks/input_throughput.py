@@ -4,7 +4,7 @@
 
 For each config on its default dataset (`shapes`, generated locally on first
 use) it prints, in one process on the same machine:
-  * pipeline: images/s of `pipeline.train_dataset` alone (after its cache is
+  * pipeline: images/s of `detection.train_dataset` alone (after its cache is
     warm), with the config's augmentations and with all four
     (mosaic, hflip, scale_jitter, color_jitter);
   * step: images/s of the jitted train step on one prepared batch (no input);
@@ -22,10 +22,10 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, 'configs')]
-import detector  # pylint: disable=unused-import,wrong-import-position
+sys.path.insert(0, ROOT)
+from detector import runtime  # pylint: disable=wrong-import-position
 
-flags.DEFINE_list('configs', ['cnn', 'resnet50'], 'Config modules in configs/.')
+flags.DEFINE_list('configs', ['cnn', 'resnet50'], 'Configs of detector/configs/.')
 flags.DEFINE_integer('steps', 20, 'Timed batches / steps per measurement.')
 flags.DEFINE_integer('warmup', 5, 'Untimed batches / steps first.')
 flags.DEFINE_string('data_dir', None, 'TFDS data dir.')
@@ -35,10 +35,12 @@ ALL = ('mosaic', 'hflip', 'scale_jitter', 'color_jitter')
 
 
 def _pipeline_rate(config, builder):
-  from detector.data import pipeline  # pylint: disable=g-import-not-at-top
-  ds = pipeline.train_dataset(config, builder)
+  # pylint: disable=g-import-not-at-top
+  from detector.data import detection
+  from detector.data import loading
+  ds = detection.train_dataset(config, builder)
   # Warm the decode cache: one pass over the split, then timed batches.
-  split = pipeline.split_size(builder, config.train_split)
+  split = loading.split_size(builder, config.train_split)
   it = iter(ds.as_numpy_iterator())
   for _ in range(max(FLAGS.warmup, -(-split // config.batch_size))):
     next(it)
@@ -51,15 +53,15 @@ def _pipeline_rate(config, builder):
 def _step_rates(config, builder):
   import jax  # pylint: disable=g-import-not-at-top
   from detector import train  # pylint: disable=g-import-not-at-top
-  from detector.data import pipeline  # pylint: disable=g-import-not-at-top
-  names = pipeline.class_names(builder)
+  from detector.data import detection  # pylint: disable=g-import-not-at-top
+  names = detection.class_names(builder)
   s = train.build_setup(config, names, 10_000, builder=builder)
   state = s.init_fn(jax.random.PRNGKey(0))
   sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec('data'))
   step = train.make_train_step(s)
-  it = iter(pipeline.train_dataset(config, builder).as_numpy_iterator())
-  batch = next(it)
-  fixed = train.device_batch(batch, sharding)
+  it = iter(detection.train_dataset(config, builder).as_numpy_iterator())
+  keys = s.task.batch_keys
+  fixed = train.device_batch(next(it), sharding, keys)
   for _ in range(FLAGS.warmup):
     state, metrics = step(state, fixed)
   jax.block_until_ready(metrics)
@@ -69,11 +71,11 @@ def _step_rates(config, builder):
   jax.block_until_ready(metrics)
   alone = FLAGS.steps * config.batch_size / (time.perf_counter() - start)
   for _ in range(FLAGS.warmup):
-    state, metrics = step(state, train.device_batch(next(it), sharding))
+    state, metrics = step(state, train.device_batch(next(it), sharding, keys))
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(FLAGS.steps):
-    state, metrics = step(state, train.device_batch(next(it), sharding))
+    state, metrics = step(state, train.device_batch(next(it), sharding, keys))
   jax.block_until_ready(metrics)
   fed = FLAGS.steps * config.batch_size / (time.perf_counter() - start)
   return alone, fed
@@ -83,14 +85,13 @@ def main(argv):
   del argv
   import importlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from detector.data import pipeline  # pylint: disable=g-import-not-at-top
+  from detector.data import loading  # pylint: disable=g-import-not-at-top
   rows = []
   for name in FLAGS.configs:
-    config = importlib.import_module(name).get_config()
+    config = importlib.import_module(f'detector.configs.{name}').get_config()
     if FLAGS.data_dir:
       config.data_dir = FLAGS.data_dir
-    builder = pipeline.get_builder(config)
-    pipeline.prepare(builder)
+    builder = loading.get_builder(config)
     own = _pipeline_rate(config, builder)
     every = config.copy_and_resolve_references()
     every.input.augmentations = ALL
@@ -108,4 +109,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.configure_xla_cpu()  # Before JAX starts, as main.py does.
   app.run(main)

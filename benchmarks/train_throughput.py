@@ -9,7 +9,7 @@ Everything is measured in one invocation, so the figures can be compared
 with each other (not with another machine's). Each device count runs in its
 own subprocess, 1 device included, with
 `--xla_force_host_platform_device_count=N` appended to XLA_FLAGS (which keep
-the CPU flag `import detector` adds). Each subprocess prints:
+the CPU flag this program applies, as main.py does). Each subprocess prints:
   * step: the jitted train step (`train.make_train_step`) on one prepared
     synthetic batch (no input pipeline) of the config's global batch size
     (`--batch_size` to change it), the same on every device count:
@@ -46,11 +46,10 @@ from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, 'configs')]
-# Importing the package applies its XLA CPU flag: before jax.
-from detector import platform  # pylint: disable=wrong-import-position
+sys.path.insert(0, ROOT)
+from detector import runtime  # pylint: disable=wrong-import-position
 
-flags.DEFINE_string('config', 'cnn', 'Config module in configs/, with an '
+flags.DEFINE_string('config', 'cnn', 'A config of detector/configs/, with an '
                     'optional ":arg" (cnn, resnet50, cnn:tiny, '
                     'configs/efficientnet.py:lite0).')
 flags.DEFINE_bool('tiny', False, 'Pass "tiny" to the config (= ":tiny").')
@@ -81,7 +80,8 @@ def _load_config():
     if arg not in ('', 'tiny'):
       raise app.UsageError(f'--tiny with --config={spec}: one argument only')
     arg = 'tiny'
-  config = importlib.import_module(name).get_config(arg or None)
+  config = importlib.import_module(f'detector.configs.{name}').get_config(
+      arg or None)
   if FLAGS.batch_size:
     config.batch_size = FLAGS.batch_size
   # The weights' values do not matter here; a missing file would.
@@ -121,7 +121,7 @@ def _worker(n):
   from detector import checkpoints
   from detector import tasks
   from detector import train
-  from detector.data import shapes_render
+  from detector.data import shapes
   # pylint: enable=g-import-not-at-top
   config, _ = _load_config()
   if FLAGS.sharding:
@@ -132,9 +132,9 @@ def _worker(n):
     raise RuntimeError(f'asked for {n} devices, JAX has {jax.devices()}')
   num_classes = config.model.num_classes
   if num_classes <= 0:  # From the dataset: `shapes` has these.
-    num_classes = len(shapes_render.CLASS_NAMES)
+    num_classes = len(shapes.CLASS_NAMES)
   names = [f'c{i}' for i in range(num_classes)]
-  keys = tasks.train_keys(config)
+  keys = tasks.get(config).batch_keys
   s = train.build_setup(config, names, 10_000, devices=jax.devices()[:n])
   step = train.make_train_step(s)
   sharding = jax.sharding.NamedSharding(s.mesh,
@@ -254,7 +254,7 @@ def main(argv):
   total = time.perf_counter() - start
 
   r0 = rows[0]
-  tuned = platform.CPU_FLAG in os.environ.get('XLA_FLAGS', '')
+  tuned = runtime.CPU_FLAG in os.environ.get('XLA_FLAGS', '')
   h, w = r0['image_size']
   print(f'\n{name}: batch {r0["batch"]}, {h}x{w}, {r0["params"]:,} parameters, '
         f'train state {r0["state_bytes"] / 2**20:.1f} MiB; '
@@ -294,4 +294,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  runtime.configure_xla_cpu()  # Before JAX starts, as main.py does.
   app.run(main)

@@ -1,9 +1,6 @@
 """detector: object detection and image classification in JAX/Flax.
 
-Importing the package applies one CPU-only XLA setting before JAX starts (see
-`detector.platform`); import `detector` before `jax` to get it.
+Importing the package (or any of its modules) changes nothing outside it: no
+environment variable, log filter or library registration. Programs apply
+the process-wide settings they want through `detector.runtime`.
 """
-
-from detector import platform as _platform
-
-_platform.configure_xla_cpu()

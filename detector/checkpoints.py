@@ -15,10 +15,8 @@ the ImageNet weights again.
 """
 
 import collections
-import logging as std_logging
 import os
 import re
-import sys
 import time
 from typing import Any, Optional
 import weakref
@@ -39,15 +37,6 @@ class IncompatibleCheckpointError(errors.ConfigError):
 
 def manager(workdir: str, keep: int, every_steps: int) -> ocp.CheckpointManager:
   """An asynchronous CheckpointManager keeping the latest `keep` steps."""
-  if jax.process_count() == 1:
-    # One process writes every array anyway. Orbax's replica-parallel saving
-    # (its default) first splits each replicated array among the process's
-    # devices: with the cnn state on 8 fake CPU devices the first save held
-    # the loop 9.4 s instead of 0.7 s, later ones 1.2-1.5 s instead of
-    # 0.1-0.15 s. Several processes keep it: there it spreads the writes.
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
-        override=True)
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=every_steps,
       preservation_policy=ocp.checkpoint_managers.LatestN(keep),
@@ -55,8 +44,32 @@ def manager(workdir: str, keep: int, every_steps: int) -> ocp.CheckpointManager:
       create=True)
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options,
-      item_handlers={'state': ocp.StandardCheckpointHandler(),
+      item_handlers={'state': _state_handler(),
                      'meta': ocp.JsonCheckpointHandler()})
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+  """The train state's handler, its array handling set per manager.
+
+  With one process, jax.Arrays are written without Orbax's replica-parallel
+  split (its default), which first divides each replicated array among the
+  process's devices: on 8 fake CPU devices that held the loop several times
+  longer per save (BENCHMARKS.md). Several processes keep it: there it
+  spreads the writes. A registry of this manager's own, not Orbax's global
+  one, so that nothing outside this checkpoint changes.
+  """
+  # The settings StandardCheckpointHandler gives its PyTree handler: the
+  # files are the ones it writes.
+  kwargs = dict(save_concurrent_gb=96, restore_concurrent_gb=96, use_ocdbt=True)
+  if jax.process_count() > 1:
+    return ocp.PyTreeCheckpointHandler(**kwargs)
+  handlers = [(ty, ocp.type_handlers.get_type_handler(ty))
+              for ty in ocp.type_handlers.supported_types() if ty is not jax.Array]
+  handlers.append((jax.Array, ocp.type_handlers.ArrayHandler(
+      use_replica_parallel=False)))
+  return ocp.PyTreeCheckpointHandler(
+      type_handler_registry=ocp.type_handlers.create_type_handler_registry(
+          *handlers), **kwargs)
 
 
 # The step of each manager's save in flight. Orbax writes in background
@@ -76,7 +89,6 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
   Raises:
     errors.CheckpointError: the previous save or this one failed to write.
   """
-  _install_quiet_failures()
   start = time.perf_counter()
   previous = _in_flight.get(mngr)
   if previous is not None and (force or mngr.should_save(step)):
@@ -84,7 +96,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, meta: dict,
   waited = time.perf_counter() - start
   try:
     started = mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)),
                         force=force)
   except Exception as e:  # pylint: disable=broad-except
     # Orbax and TensorStore raise OSError, ValueError and others for I/O.
@@ -154,59 +166,6 @@ def _write_error(mngr: ocp.CheckpointManager, step: Optional[int],
       f'stopped rather than continue without checkpoints; {resume}.')
 
 
-# A failed write is reported once, by `save` or `wait` as a CheckpointError
-# that main.py prints in one line. Without the hooks below it would come
-# buried under a hundred tracebacks that say nothing more: Orbax logs the
-# error with the tracebacks of three of its threads; once it has given up on
-# the checkpoint it closes its asyncio loop while TensorStore still writes the
-# other arrays, each of which then reports a RuntimeError('Event loop is
-# closed') as unraisable; and at exit asyncio logs the abandoned writes'
-# errors as never retrieved.
-
-
-def _through_orbax(record) -> bool:
-  if os.sep + 'orbax' + os.sep in record.pathname:
-    return True
-  tb = record.exc_info[2] if isinstance(record.exc_info, tuple) else None
-  while tb is not None:
-    if os.sep + 'orbax' + os.sep in tb.tb_frame.f_code.co_filename:
-      return True
-    tb = tb.tb_next
-  return False
-
-
-class _OrbaxTracebacks(std_logging.Filter):
-  """Keeps the error lines of Orbax's writes, without their tracebacks."""
-
-  def filter(self, record):
-    if record.exc_info and _through_orbax(record):
-      record.exc_info = None
-      record.exc_text = None
-    return True
-
-
-class _ClosedLoopCallbacks:
-  """An unraisable-exception hook that drops the closed loop's callbacks."""
-
-  def __init__(self, previous):
-    self.previous = previous
-
-  def __call__(self, unraisable):
-    error = unraisable.exc_value
-    if not (isinstance(error, RuntimeError)
-            and str(error) == 'Event loop is closed'):
-      self.previous(unraisable)
-
-
-def _install_quiet_failures():
-  for name in ('absl', 'asyncio'):
-    logger = std_logging.getLogger(name)
-    if not any(isinstance(f, _OrbaxTracebacks) for f in logger.filters):
-      logger.addFilter(_OrbaxTracebacks())
-  if not isinstance(sys.unraisablehook, _ClosedLoopCallbacks):
-    sys.unraisablehook = _ClosedLoopCallbacks(sys.unraisablehook)
-
-
 def _key_name(key):
   for attr in ('key', 'name', 'idx'):
     if hasattr(key, attr):
@@ -262,7 +221,9 @@ def restore_or_none(mngr: ocp.CheckpointManager, abstract_state) -> Optional[Any
     try:
       check_compatible(mngr, step, abstract_state)
       restored = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))
+          state=ocp.args.PyTreeRestore(
+              abstract_state, restore_args=ocp.checkpoint_utils
+              .construct_restore_args(abstract_state))))
     except IncompatibleCheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -376,8 +337,34 @@ def load_backbone(state, path: str, key: str = 'backbone'):
   target = {}
   for collection in ('params', 'batch_stats'):
     tree = getattr(state, collection).get(key, {})
-    for p, leaf in weights_lib.flatten({collection: tree}).items():
-      target[p] = leaf
+    target.update(weights_lib.flatten({collection: tree}))
+  loaded = _loadable(path, flat_file, target)
+  logging.info('init_from %s (%s from %s): loaded %d arrays in %d groups: %s',
+               path, meta.get('arch'), meta.get('source'), len(loaded),
+               len(_groups(loaded)), ', '.join(_groups(loaded)))
+  missing = {p for p in set(target) - loaded
+             if p.split('/')[1] != 'classifier' or p not in flat_file}
+  log = logging.warning if missing else logging.info
+  log('init_from: missing from the file (left as initialised): %s',
+      ', '.join(_groups(missing)) or 'none')
+  logging.info('init_from: in the file but unused: %s',
+               ', '.join(_groups(set(flat_file) - loaded)) or 'none')
+  by_collection = collections.defaultdict(dict)
+  for p in loaded:
+    collection, rest = p.split('/', 1)
+    by_collection[collection][rest] = flat_file[p]
+  put = lambda collection, tree: _put(tree, by_collection[collection], key)
+  ema = state.ema
+  if ema is not None:
+    ema = {'params': put('params', ema['params']),
+           'batch_stats': put('batch_stats', ema['batch_stats'])}
+  return state.replace(params=put('params', state.params),
+                       batch_stats=put('batch_stats', state.batch_stats),
+                       ema=ema)
+
+
+def _loadable(path, flat_file, target):
+  """The paths of `target` to load from the file, its shapes checked."""
   loaded = {p for p in target if p in flat_file}
   # A classifier for another number of classes than the file's (ImageNet's
   # 1000) starts fresh: that is fine-tuning, not a mismatch.
@@ -399,40 +386,19 @@ def load_backbone(state, path: str, key: str = 'backbone'):
         f'config.init_from={path}: no variable of the file has a place in the '
         f'configured backbone (file groups: {_groups(flat_file)[:8]}, '
         f'backbone groups: {_groups(target)[:8]})')
-  missing = set(target) - loaded - replaced
-  unused = set(flat_file) - loaded
-  logging.info('init_from %s (%s from %s): loaded %d arrays in %d groups: %s',
-               path, meta.get('arch'), meta.get('source'), len(loaded),
-               len(_groups(loaded)), ', '.join(_groups(loaded)))
-  log = logging.warning if missing else logging.info
-  log('init_from: missing from the file (left as initialised): %s',
-      ', '.join(_groups(missing)) or 'none')
-  logging.info('init_from: in the file but unused: %s',
-               ', '.join(_groups(unused)) or 'none')
-  by_collection = collections.defaultdict(dict)
-  for p in loaded:
-    collection, rest = p.split('/', 1)
-    by_collection[collection][rest] = flat_file[p]
+  return loaded
 
-  def put(collection, tree):
-    flat = weights_lib.flatten(tree)
-    new = {}
-    for p, leaf in flat.items():
-      value = by_collection[collection].get(p[len(key) + 1:]) if p.startswith(
-          key + '/') else None
-      if value is None:
-        new[p] = leaf
-      else:  # Each process places its own shards (works for any sharding).
-        value = np.asarray(value, leaf.dtype)
-        new[p] = jax.make_array_from_callback(
-            value.shape, leaf.sharding, lambda index, v=value: v[index])
-    return weights_lib.unflatten(new)
 
-  params = put('params', state.params)
-  batch_stats = put('batch_stats', state.batch_stats)
-  ema = state.ema
-  if ema is not None:
-    ema = {'params': put('params', ema['params']),
-           'batch_stats': put('batch_stats', ema['batch_stats'])}
-  return state.replace(params=params, batch_stats=batch_stats, ema=ema)
-
+def _put(tree, values, key):
+  """`tree` with the leaves under `key` that `values` ({path below key:
+  array}) holds replaced, each placed in the leaf's sharding."""
+  new = {}
+  for p, leaf in weights_lib.flatten(tree).items():
+    value = values.get(p[len(key) + 1:]) if p.startswith(key + '/') else None
+    if value is None:
+      new[p] = leaf
+    else:  # Each process places its own shards (works for any sharding).
+      value = np.asarray(value, leaf.dtype)
+      new[p] = jax.make_array_from_callback(
+          value.shape, leaf.sharding, lambda index, v=value: v[index])
+  return weights_lib.unflatten(new)

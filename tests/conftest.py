@@ -1,10 +1,10 @@
 """Shared fixtures and the suite's run-time settings.
 
-- XLA compiles with its backend optimisation off (`--xla_backend_optimization_level=0`,
-  and the cheaper flags in FAST_COMPILE_FLAGS; passed to subprocesses through
-  XLA_FLAGS): most tests compile a program and
-  run it a few times, and compiling is then about half as long (measured: a
-  test of two train-step compiles, 54 s -> 24 s on 2 cores). Results do not
+- The program's CPU flag is applied as main.py applies it
+  (`runtime.configure_xla_cpu`), and XLA compiles with its backend
+  optimisation off (FAST_COMPILE_FLAGS; passed to subprocesses through
+  XLA_FLAGS): most tests compile a program and run it a few times, and
+  compiling then takes about half as long (BENCHMARKS.md). Results do not
   depend on it beyond float rounding, which every tolerance here allows. Set
   DETECTOR_TEST_XLA_OPT=1 to test with XLA's default optimisation.
 - XLA executables are cached on disk for the session (JAX's persistent
@@ -30,11 +30,10 @@ import tempfile
 
 import pytest
 
-import detector  # pylint: disable=unused-import  # XLA flags before JAX starts.
+from detector import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 # What `originals` makes (see torch_reference.py): [source, arch, seed, sizes].
 TORCH_JOBS = [
@@ -59,15 +58,17 @@ TIMM_ARCHS = ['resnet50', 'efficientnet_b0', 'tf_efficientnet_b0',
 _CACHE_OWNER = '_DETECTOR_TESTS_XLA_CACHE'
 FAST_COMPILE_FLAGS = ('--xla_backend_optimization_level=0 '
                       '--xla_llvm_disable_expensive_passes=true '
-                      # XLA's older loop emitters: an EfficientNet-B3 step
-                      # compiled in 15.5 s instead of 20.9 s (ResNet152: equal).
+                      # XLA's older loop emitters compile EfficientNet
+                      # steps faster (BENCHMARKS.md).
                       '--xla_cpu_use_fusion_emitters=false')
 
 
 def pytest_configure(config):
   if hasattr(config, 'workerinput'):
     return  # An xdist worker: the controller's environment came with it.
-  # Before any JAX backend exists: XLA reads XLA_FLAGS when it starts.
+  # Before any JAX backend exists: XLA reads XLA_FLAGS when it starts. The
+  # program's own CPU flag first, as main.py applies it.
+  runtime.configure_xla_cpu()
   flags = os.environ.get('XLA_FLAGS', '')
   if (os.environ.get('DETECTOR_TEST_XLA_OPT') != '1'
       and 'xla_backend_optimization_level' not in flags):
@@ -116,7 +117,7 @@ def tiny_data_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_config(tiny_data_dir):
   """configs/cnn.py:tiny reading the session's tiny dataset (unlocked copy)."""
-  import cnn  # pylint: disable=g-import-not-at-top
+  from detector.configs import cnn  # pylint: disable=g-import-not-at-top
   config = cnn.get_config('tiny')
   config.data_dir = tiny_data_dir
   return config

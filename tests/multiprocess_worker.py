@@ -13,10 +13,9 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, 'configs')]
+sys.path.insert(0, ROOT)
 
-import detector  # pylint: disable=unused-import,g-import-not-at-top
-from detector import distributed  # pylint: disable=g-import-not-at-top
+from detector import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def main(argv):
@@ -27,8 +26,8 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  import cnn
   import synthetic  # tests/, this script's directory.
+  from detector.configs import cnn
   from detector import checkpoints
   from detector import train
   config = cnn.get_config('tiny')
@@ -43,7 +42,8 @@ def main(argv):
   for step in range(3):
     batch = synthetic.detection_batch(config, step)
     local = {key: value[rows] for key, value in batch.items()}
-    state, metrics = step_fn(state, train.device_batch(local, sharding))
+    state, metrics = step_fn(state, train.device_batch(local, sharding,
+                                                       s.task.batch_keys))
     losses.append(float(np.asarray(metrics['loss'].addressable_data(0))))
   mngr = checkpoints.manager(workdir, 3, 1)
   checkpoints.save(mngr, 3, state, {'step': 3}, force=True)

@@ -22,7 +22,7 @@ from PIL import Image
 
 # Run as a script from anywhere: the repository root holds `detector`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from detector.data import shapes_render  # pylint: disable=g-import-not-at-top,wrong-import-position
+from detector.data.shapes import render as shapes_render  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SPLIT_SALT = {'train': 101, 'valid': 202, 'test': 303}
 

@@ -14,9 +14,10 @@ import pytest
 import tensorflow as tf
 
 from detector import errors
+from detector.configs import cnn
+from detector.data import augment
 from detector.data import datasets
-from detector.data import pipeline
-from detector.data import preprocess
+from detector.data import detection
 
 COLOURS = np.array([(230, 20, 20), (20, 20, 230), (20, 200, 20)], np.float32)
 
@@ -73,9 +74,9 @@ def test_mosaic_keeps_boxes_on_their_objects_eagerly_and_in_tf_data(seed):
   boxes = [tf.constant(p[1]) for p in parts]
   labels = [tf.constant(p[2]) for p in parts]
   tf_seed = tf.constant([seed, 7], tf.int64)
-  eager = preprocess.mosaic(canvases, boxes, labels, valid, tf_seed, 0.3)
+  eager = augment.mosaic(canvases, boxes, labels, valid, tf_seed, 0.3)
   ds = tf.data.Dataset.from_tensors(0).map(
-      lambda _: preprocess.mosaic(canvases, boxes, labels, valid, tf_seed, 0.3))
+      lambda _: augment.mosaic(canvases, boxes, labels, valid, tf_seed, 0.3))
   graph = next(iter(ds))
   for a, b in zip(eager, graph):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -140,7 +141,6 @@ def painted(tmp_path_factory):
 
 
 def _config(painted, augmentations, **input_overrides):
-  import cnn  # pylint: disable=g-import-not-at-top
   config = cnn.get_config('tiny')
   config.dataset, config.data_dir, _ = painted
   config.image_size = (64, 64)
@@ -157,7 +157,7 @@ def _config(painted, augmentations, **input_overrides):
     ('mosaic', 'hflip', 'scale_jitter'), ('hflip', 'scale_jitter'), ('mosaic',)])
 def test_pipeline_boxes_stay_on_their_objects(painted, augmentations):
   config = _config(painted, augmentations, mosaic_prob=1.0)
-  ds = pipeline.train_dataset(config, painted[2]).as_numpy_iterator()
+  ds = detection.train_dataset(config, painted[2]).as_numpy_iterator()
   checked = 0
   for _ in range(4):
     batch = next(ds)
@@ -175,16 +175,16 @@ def test_pipeline_boxes_stay_on_their_objects(painted, augmentations):
 
 def test_color_jitter_in_the_list_and_resume_is_exact(painted):
   config = _config(painted, ('mosaic', 'hflip', 'scale_jitter', 'color_jitter'))
-  first = list(pipeline.train_dataset(config, painted[2]).take(3).as_numpy_iterator())
-  again = list(pipeline.train_dataset(config, painted[2], start_step=2)
+  first = list(detection.train_dataset(config, painted[2]).take(3).as_numpy_iterator())
+  again = list(detection.train_dataset(config, painted[2], start_step=2)
                .take(1).as_numpy_iterator())
   for key in first[2]:
     np.testing.assert_array_equal(first[2][key], again[0][key], err_msg=key)
   plain = _config(painted, ('mosaic', 'hflip', 'scale_jitter'))
-  no_colour = next(pipeline.train_dataset(plain, painted[2]).as_numpy_iterator())
+  no_colour = next(detection.train_dataset(plain, painted[2]).as_numpy_iterator())
   # The same geometry (boxes) with other colours.
   np.testing.assert_array_equal(no_colour['boxes'], first[0]['boxes'])
   assert not np.array_equal(no_colour['image'], first[0]['image'])
   config.input.augmentations = ('hflip', 'rotate')
   with pytest.raises(errors.ConfigError, match=r"\['rotate'\]; known"):
-    pipeline.check_augmentations(config)
+    detection.check_config(config)

@@ -14,116 +14,38 @@ ResNet50 and EfficientNet configs' smoke variants.
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 
-import efficientnet as efficientnet_config
-import resnet50 as resnet50_config
-import synthetic
+import backbone_sizes_worker
 from detector import train
+from detector.configs import efficientnet as efficientnet_config
+from detector.configs import resnet50 as resnet50_config
 from detector.models import detector as detector_lib
+import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, 'tests', 'backbone_sizes_worker.py')
 CLASSES = [f'c{i}' for i in range(6)]
 
 
 @pytest.mark.parametrize('chunk', range(3))
 def test_every_backbone_size_trains_one_step(chunk):
+  """Each size of tests/backbone_sizes_worker.py trains one step."""
   # In three chunks of about equal compile time (pytest-xdist runs them on
   # different workers), each in a subprocess with XLA's backend optimisation
   # off: compiling 18 deep networks' backward passes dominates this test, and
   # what it checks does not depend on how fast the compiled code runs.
-  script = f'SIZES = {SIZES!r}\n' + textwrap.dedent('''
-      import sys, time
-      sys.path.insert(0, 'configs')
-      import detector
-      import jax, jax.numpy as jnp, numpy as np, optax
-      import ml_collections
-      import cnn
-      from detector.models import detector as detector_lib
-      sizes = [SIZES[int(i)] for i in sys.argv[1:]]
-      # Plain SGD: a variable moves only if its gradient is non-zero (AdamW's
-      # weight decay would move it without one).
-      tx = optax.sgd(1e-3)
-      for name, kwargs in sizes:
-        start = time.time()
-        model_config = cnn.get_config('tiny').model
-        with model_config.unlocked():
-          model_config.backbone = name
-          model_config[name] = ml_collections.ConfigDict(kwargs)
-        backbone = detector_lib.build_backbone(model_config, train=True)
-        # 64 px: the stride-32 maps are 2 x 2, so BatchNorm sees 8 values.
-        x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)),
-                        jnp.float32)
-        # One trace gives the output shapes and the variables' shapes.
-        levels, shapes = jax.eval_shape(
-            lambda: backbone.init_with_output(jax.random.PRNGKey(0), x))
-        rng = np.random.default_rng(1)
-        # Random values, not the initialisers (whose zero BatchNorm scales
-        # would cut gradients), of each kind's usual scale: He-normal kernels,
-        # BatchNorm scales near 1 and small biases, so ReLUs stay alive.
-        draw = {'kernel': lambda s: rng.normal(size=s) * np.sqrt(2 / np.prod(s[:-1])),
-                'scale': lambda s: rng.uniform(0.5, 1.5, s),
-                'bias': lambda s: rng.uniform(-0.2, 0.2, s),
-                'mean': lambda s: rng.uniform(-0.5, 0.5, s),
-                'var': lambda s: rng.uniform(0.5, 2.0, s)}
-        variables = jax.tree_util.tree_map_with_path(
-            lambda path, s: jnp.asarray(draw[path[-1].key](s.shape), jnp.float32),
-            shapes)
-        stats = variables['batch_stats']
-        proj = {l: jnp.asarray(rng.normal(size=levels[l].shape), jnp.float32)
-                for l in (2, 3, 4, 5)}
-
-        @jax.jit
-        def step(params, stats, opt_state, key):
-          def loss_fn(p):
-            out, new = backbone.apply({'params': p, 'batch_stats': stats}, x,
-                                      mutable=['batch_stats'],
-                                      rngs={'dropout': key})
-            # Linear in the features with fixed random weights: a loss like
-            # mean(C ** 2) would be nearly constant, each level ending in a
-            # training-mode BatchNorm over the very values it averages.
-            return sum(jnp.mean(out[l] * proj[l]) for l in (2, 3, 4, 5)), new
-          (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-          updates, opt_state = tx.update(grads, opt_state, params)
-          return optax.apply_updates(params, updates), new['batch_stats'], loss
-        params = variables['params']
-        new_params, new_stats, loss = step(params, stats, tx.init(params),
-                                           jax.random.PRNGKey(2))
-        assert np.isfinite(float(loss)), (name, kwargs)
-        def null(path):
-          # The one exception, a true zero gradient: an MBConv block ends with
-          # BatchNorm and a residual add, no activation, so the bias of that
-          # norm shifts each channel by a constant. Where the stage does not
-          # end a level the loss reads (stages 1, 4 and 6), the shift reaches
-          # the loss only through the next block's 1x1 conv and
-          # training-mode BatchNorm, which subtracts it again.
-          return (path.startswith(("['stage1_", "['stage4_", "['stage6_"))
-                  and path.endswith("['project']['norm']['bias']"))
-        for tree_a, tree_b in ((params, new_params), (stats, new_stats)):
-          flat_a = jax.tree_util.tree_leaves_with_path(tree_a)
-          flat_b = jax.tree.leaves(tree_b)
-          same = [jax.tree_util.keystr(p) for (p, a), b in zip(flat_a, flat_b)
-                  if np.array_equal(np.asarray(a), np.asarray(b))]
-          assert all(null(p) for p in same), (name, kwargs, same[:5])
-        n = sum(v.size for v in jax.tree.leaves(params))
-        print(f'OK {name} {kwargs} {n} params {time.time() - start:.1f} s',
-              flush=True)
-  ''')
   env = dict(os.environ)
   env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
                       ' --xla_llvm_disable_expensive_passes=true').strip()
-  # The library's depthwise conv: a few ops instead of k*k taps, so about half
-  # the compile time (test_layers.py checks the two are equal).
-  env['DETECTOR_DEPTHWISE_IMPL'] = 'conv'
   chunks = [[] for _ in range(3)]
   for i in sorted(range(len(SIZES)), key=lambda i: -_cost(SIZES[i])):
     min(chunks, key=lambda c: sum(_cost(SIZES[j]) for j in c)).append(i)
   mine = chunks[chunk]
-  proc = subprocess.run([sys.executable, '-c', script, *map(str, mine)],
+  proc = subprocess.run([sys.executable, WORKER, *map(str, mine)],
                         cwd=ROOT, env=env, capture_output=True, text=True,
                         check=False)
   print(proc.stdout)
@@ -132,13 +54,7 @@ def test_every_backbone_size_trains_one_step(chunk):
   assert sorted(sum(chunks, [])) == list(range(len(SIZES)))
 
 
-# No stochastic depth (test_efficientnet.py tests it): a residual branch
-# dropped for the whole batch would rightly get no gradient.
-SIZES = ([('resnet', dict(depth=d)) for d in (18, 34, 50, 101, 152)]
-         + [('efficientnet', dict(variant=f'b{i}', drop_connect_rate=0.0))
-            for i in range(8)]
-         + [('efficientnet', dict(variant=f'lite{i}', padding='same',
-                                  drop_connect_rate=0.0)) for i in range(5)])
+SIZES = backbone_sizes_worker.SIZES
 
 
 def _cost(size):
@@ -181,14 +97,12 @@ def test_every_resnet_depth_builds_from_the_config(depth):
 
 @pytest.mark.parametrize('module,arg', [(resnet50_config, 'tiny'),
                                         (efficientnet_config, 'lite0:tiny')])
-def test_trainer_step_on_config_smoke_variants(module, arg, tiny_data_dir,
-                                              monkeypatch):
+def test_trainer_step_on_config_smoke_variants(module, arg, tiny_data_dir):
+  config = module.get_config(arg)
+  config.data_dir = tiny_data_dir
   # The library's depthwise conv compiles in half the time of the CPU's
   # shifted multiply-adds (test_layers.py shows the two equal).
-  monkeypatch.setenv('DETECTOR_DEPTHWISE_IMPL', 'conv')
-  config = module.get_config(arg)
-  with config.unlocked():
-    config.data_dir = tiny_data_dir
+  config.model.depthwise_impl = 'conv'
   batch = synthetic.detection_batch(config, 0,
                                     corner_max=config.image_size[0] - 24)
   s = train.build_setup(config, CLASSES, 10)
@@ -197,6 +111,7 @@ def test_trainer_step_on_config_smoke_variants(module, arg, tiny_data_dir,
   step = train.make_train_step(s)
   losses = []
   for _ in range(3):
-    state, metrics = step(state, train.device_batch(batch, sharding))
+    state, metrics = step(state, train.device_batch(batch, sharding,
+                                                    s.task.batch_keys))
     losses.append(float(metrics['loss']))
   assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses

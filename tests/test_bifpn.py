@@ -11,7 +11,6 @@ the same random weights copied in (see the module docstring of
 
 import functools
 
-import detector  # pylint: disable=unused-import
 import flax.linen as nn
 from flax import traverse_util
 import jax
@@ -20,11 +19,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-import cnn
 from detector import errors
+from detector.configs import cnn
 from detector.models import detector as detector_lib
 from detector.models.backbones import cnn as cnn_backbone
-from detector.models.heads import retinanet
 from detector.models.necks import bifpn
 
 # effdet 0.4.1, `efficientdet_d0` (redundant_bias=False, fast attention):
@@ -295,8 +293,6 @@ def test_detector_train_step_with_bifpn():
   model_config = cnn.get_config('tiny').model.copy_and_resolve_references()
   with model_config.unlocked():
     model_config.num_classes = 3
-    # Anchors need sizes divisible by 2**max_level = 128.
-    model_config.image_size = (128, 128)
     model_config.neck = 'bifpn'
     model_config.bifpn = ml_collections.ConfigDict(dict(
         min_level=3, max_level=7, width=24, repeats=2, use_norm=True,
@@ -307,11 +303,12 @@ def test_detector_train_step_with_bifpn():
     model_config.retinanet.num_convs = 1
   model = detector_lib.build(model_config, train=True)
   rng = np.random.default_rng(4)
+  # Anchors need sizes divisible by 2**max_level = 128.
   images = jnp.asarray(rng.integers(0, 255, (2, 128, 128, 3)), jnp.uint8)
   boxes = np.zeros((2, 4, 4), np.float32)
   boxes[0, :2] = [[10, 12, 60, 70], [70, 20, 120, 50]]
   boxes[1, :1] = [[30, 30, 90, 110]]
-  batch = {'boxes': jnp.asarray(boxes),
+  batch = {'image': images, 'boxes': jnp.asarray(boxes),
            'labels': jnp.asarray([[0, 2, 0, 0], [1, 0, 0, 0]], jnp.int32),
            'box_mask': jnp.asarray([[True, True, False, False],
                                     [True, False, False, False]])}
@@ -324,7 +321,7 @@ def test_detector_train_step_with_bifpn():
     outputs, updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, images,
         mutable=['batch_stats'])
-    return retinanet.loss(outputs, batch, model_config)[0], updates
+    return model.head.loss(outputs, batch)[0], updates
 
   (loss, updates), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
       variables['params'], variables['batch_stats'], images, batch)

@@ -16,13 +16,16 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from configs import classify
-from configs import cnn
+from detector.configs import classify
+from detector.configs import cnn
 from detector import errors
 from detector.data import classification
 from detector.data import datasets
-from detector.data import folders
-from detector.data import pipeline
+from detector.data import detection
+from detector.data import formats
+from detector.data import loading
+from detector.data import quality
+from detector.data.formats import class_folder
 
 H, W = 20, 24  # Every image written here is 20 high, 24 wide.
 COLOURS = {'cat': (220, 40, 40), 'dog': (40, 200, 40), 'fish': (40, 40, 220)}
@@ -139,7 +142,7 @@ def test_split_folder_report(split_folder):
       'duplicate_across_splits': 1, 'duplicate_within_split': 1,
       'duplicate_conflicting_labels': 1, 'class_without_images': 1}
   for kind, problem in problems.items():
-    assert problem['action'] == folders.ACTIONS[kind]
+    assert problem['action'] == quality.ACTIONS[kind]
   assert set(problems['not_an_image']['files']) == {
       p('README.md'), p('train', 'notes.txt'), p('train', 'cat', 'notes.txt')}
   assert set(problems['outside_class_folder']['files']) == {p('train', 'loose.png')}
@@ -167,7 +170,7 @@ def test_split_folder_report(split_folder):
     assert s['images'] == sum(expected[split].values())
     assert set(s['image_height_quantiles'].values()) == {float(H)}
     assert set(s['image_width_quantiles'].values()) == {float(W)}
-  text = datasets.format_report(report)
+  text = quality.format_report(report)
   assert text.startswith(f'Data-quality report for folder:{root}')
   assert 'images: 21 read, 19 kept, 2 skipped' in text
   assert '  validation: 5 images: cat 3, dog 2, fish 0' in text
@@ -214,7 +217,7 @@ def test_pipeline_labels_are_the_folders(split_folder):
   the split once, in order, the last batch padded."""
   root, data_dir, _ = split_folder
   config = _config(root, data_dir)
-  builder = pipeline.get_builder(config)
+  builder = loading.get_builder(config)
   batches = _take(config, builder, 0, 6)  # 3 epochs of the 8 train images.
   for batch in batches:
     assert batch['image'].shape == (4, 32, 32, 3)
@@ -255,7 +258,7 @@ def test_pipeline_labels_are_the_folders(split_folder):
 def test_resume_continues_the_same_stream(split_folder):
   root, data_dir, _ = split_folder
   config = _config(root, data_dir)
-  builder = pipeline.get_builder(config)
+  builder = loading.get_builder(config)
   first = _take(config, builder, 0, 6)
   again = _take(config, builder, 0, 6)
   resumed = _take(config, builder, 3, 3)
@@ -300,7 +303,7 @@ def _assignment(source):
 
 def test_hash_split_puts_every_image_in_one_split(flat_folder, tmp_path):
   root, rels = flat_folder
-  source = folders.read_class_folder(root, (0.8, 0.1, 0.1))
+  source = class_folder.read(root, (0.8, 0.1, 0.1))
   assert source.class_names == list(FLAT_CLASSES) and not source.skipped_files
   records = [r for rs in source.splits.values() for r in rs]
   assert len(records) == 200
@@ -313,14 +316,14 @@ def test_hash_split_puts_every_image_in_one_split(flat_folder, tmp_path):
   assert 140 <= counts['train'] <= 180, counts
   assert 6 <= counts['validation'] <= 36 and 6 <= counts['test'] <= 36, counts
   for rel, split in assigned.items():
-    assert folders.hash_split(rel, (0.8, 0.1, 0.1)) == split
+    assert class_folder.hash_split(rel, (0.8, 0.1, 0.1)) == split
   # Other fractions.
-  half = folders.read_class_folder(root, (0.5, 0.25, 0.25))
+  half = class_folder.read(root, (0.5, 0.25, 0.25))
   counts = {s: len(v) for s, v in half.splits.items()}
   assert 75 <= counts['train'] <= 125 and 30 <= counts['test'] <= 70, counts
-  only_train = folders.read_class_folder(root, (1, 0, 0))
+  only_train = class_folder.read(root, (1, 0, 0))
   assert list(only_train.splits) == ['train'] and len(only_train.splits['train']) == 200
-  no_test = folders.read_class_folder(root, (0.5, 0.5, 0))
+  no_test = class_folder.read(root, (0.5, 0.5, 0))
   assert set(no_test.splits) == {'train', 'validation'}
   assert sum(map(len, no_test.splits.values())) == 200
 
@@ -330,7 +333,7 @@ def test_hash_split_puts_every_image_in_one_split(flat_folder, tmp_path):
   new = _write_flat(grown, 40, start=200)
   os.makedirs(os.path.join(grown, 'aphid'))
   Image.new('RGB', (4, 4)).save(os.path.join(grown, 'aphid', 'a.png'))
-  after = _assignment(folders.read_class_folder(grown, (0.8, 0.1, 0.1)))
+  after = _assignment(class_folder.read(grown, (0.8, 0.1, 0.1)))
   assert len(after) == 241
   assert {rel: after[rel] for rel in rels} == assigned
   assert {after[rel] for rel in new} <= {'train', 'validation', 'test'}
@@ -340,8 +343,8 @@ def test_split_fractions_choose_the_conversion(flat_folder, tmp_path):
   root, _ = flat_folder
   data_dir = str(tmp_path / 'data')
   config = _config(root, data_dir, folder_split=(0.6, 0.2, 0.2))
-  builder = pipeline.get_builder(config)
-  expected = folders.read_class_folder(root, (0.6, 0.2, 0.2))
+  builder = loading.get_builder(config)
+  expected = class_folder.read(root, (0.6, 0.2, 0.2))
   for split, records in expected.splits.items():
     assert builder.info.splits[split].num_examples == len(records)
     # TFDS orders a split by its keys' hashes: compare as sets.
@@ -351,7 +354,7 @@ def test_split_fractions_choose_the_conversion(flat_folder, tmp_path):
                                split_fractions=(0.8, 0.1, 0.1))
   assert str(other.data_dir) != str(builder.data_dir)
   assert other.info.splits['train'].num_examples == len(
-      folders.read_class_folder(root).splits['train'])
+      class_folder.read(root).splits['train'])
   # Two random splits of one folder are two datasets: converting the second
   # leaves the first in place (jobs sharing a data_dir do not undo each other).
   assert os.path.isdir(str(builder.data_dir))
@@ -374,9 +377,9 @@ def test_split_and_class_folders_mixed_are_refused(tmp_path):
     for sub in ('train/cat', 'test/cat', f'{extra}/dog'):
       (root / sub).mkdir(parents=True)
       Image.new('RGB', (4, 4)).save(root / sub / 'a.png')
-    with pytest.raises(folders.DataError, match=(
+    with pytest.raises(formats.DataError, match=(
         rf"holds split folders \['test', 'train'\] and other folders \['{extra}'\]")):
-      folders.read_class_folder(str(root))
+      class_folder.read(str(root))
 
 
 @pytest.mark.parametrize('fractions', [(0.5, 0.3, 0.1), (1.2, -0.1, -0.1),
@@ -386,12 +389,12 @@ def test_bad_split_fractions(fractions, flat_folder, tmp_path):
   root, _ = flat_folder
   match = re.escape('config.folder_split=')
   with pytest.raises(errors.ConfigError, match=match):
-    folders.check_split_fractions(fractions)
+    class_folder.check_split_fractions(fractions)
   with pytest.raises(errors.ConfigError, match=match):
-    folders.read_class_folder(root, fractions)
+    class_folder.read(root, fractions)
   config = _config(root, str(tmp_path), folder_split=fractions)
   with pytest.raises(errors.ConfigError, match=match):
-    pipeline.get_builder(config)
+    loading.get_builder(config)
   assert not os.path.exists(tmp_path / 'detector_folders')
 
 
@@ -409,12 +412,12 @@ def test_folders_without_class_folders_fail_naming_the_path(tmp_path):
   (empty_splits / 'train' / 'cat').mkdir(parents=True)
   for root in (empty, loose, empty_classes, empty_splits):
     match = re.escape(f'folder:{root}: no images in class folders')
-    with pytest.raises(folders.DataError, match=match):
-      folders.read_class_folder(str(root))
-    with pytest.raises(folders.DataError, match=match):
+    with pytest.raises(formats.DataError, match=match):
+      class_folder.read(str(root))
+    with pytest.raises(formats.DataError, match=match):
       datasets.get_builder(f'folder:{root}', str(tmp_path / 'data'),
                            verbose=False)
-  with pytest.raises(folders.DataError, match=re.escape(
+  with pytest.raises(formats.DataError, match=re.escape(
       f'{tmp_path / "nothere"} is not a folder')):
     datasets.get_builder(f'folder:{tmp_path / "nothere"}', str(tmp_path))
 
@@ -431,7 +434,7 @@ def test_tfds_classification_datasets_feed_the_pipeline(name, num_classes,
   config.dataset = name
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                               num_examples=6):
-    builder = pipeline.get_builder(config)
+    builder = loading.get_builder(config)
     names = classification.class_names(builder, config.label_key, name)
     assert len(names) == num_classes and names[0] == first
     if name == 'oxford_iiit_pet':
@@ -444,7 +447,7 @@ def test_tfds_classification_datasets_feed_the_pipeline(name, num_classes,
     # A detection config names the features and points to classify.py.
     with pytest.raises(errors.ConfigError,
                        match=r"no boxes .*'label'.*configs/classify\.py"):
-      pipeline.class_names(builder, name)
+      detection.class_names(builder, name)
 
 
 def _sliceable_mock(num_examples, num_classes):
@@ -484,7 +487,7 @@ def test_train_only_datasets_are_split_by_slicing(name, num_classes, tmp_path):
   n = 20
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                               as_dataset_fn=_sliceable_mock(n, num_classes)):
-    builder = pipeline.get_builder(config)
+    builder = loading.get_builder(config)
     # USE_CODE knows no splits: give the builder the one split it has.
     builder.info.set_splits(tfds.core.SplitDict([tfds.core.SplitInfo(
         name='train', shard_lengths=[n], num_bytes=0,
@@ -492,8 +495,8 @@ def test_train_only_datasets_are_split_by_slicing(name, num_classes, tmp_path):
             data_dir=builder.data_path, dataset_name=builder.name,
             split='train', filetype_suffix='tfrecord',
             template='{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}'))]))
-    assert pipeline.split_size(builder, config.train_split) == 15
-    assert pipeline.split_size(builder, config.eval_split) == 5
+    assert loading.split_size(builder, config.train_split) == 15
+    assert loading.split_size(builder, config.eval_split) == 5
     # Training: 3 batches of 5 = one epoch of train[:75%] = examples 0..14.
     batches = _take(config, builder, 0, 3)
     seen = []
@@ -599,16 +602,16 @@ def test_task_and_dataset_kinds_mismatch(split_folder, tiny_config):
   config = cnn.get_config('tiny')
   config.dataset = 'folder:' + root
   config.data_dir = data_dir
-  builder = pipeline.get_builder(config)
+  builder = loading.get_builder(config)
   with pytest.raises(errors.ConfigError) as e:
-    pipeline.class_names(builder, config.dataset)
+    detection.class_names(builder, config.dataset)
   message = str(e.value)
   assert f"config.dataset='folder:{root}'" in message
   assert "['image', 'image/filename', 'image/id', 'label']" in message
   assert 'image-classification dataset' in message
   assert 'configs/classify.py' in message
   # The other way round: a detection dataset in a classification config.
-  shapes = pipeline.get_builder(tiny_config)
+  shapes = loading.get_builder(tiny_config)
   with pytest.raises(errors.ConfigError, match=r"(?s)no class label.*"
                      r"config\.label_key='label'.*'objects'.*"
                      r'It is a detection dataset'):

@@ -19,10 +19,11 @@ import pytest
 from detector import checkpoints
 from detector import errors
 from detector import train
+from detector.configs import classify
+from detector.configs import cnn
 from detector.models import classifier as classifier_lib
 from detector.port import weights
-
-import classify  # configs/classify.py (configs/ is on sys.path in tests).
+from detector.train import optim
 
 
 @pytest.fixture(scope='module')
@@ -103,8 +104,8 @@ def test_init_from_keeps_a_classifier_of_another_class_count_fresh(
     s = train.build_setup(config, names, 10)
     # The classifier learns at the full rate; the backbone at 0.1 x.
     labels = weights.flatten(s.labels)
-    assert labels['backbone/classifier/kernel'] == train.TRAINED
-    assert labels['backbone/stem/conv/kernel'] == train.BACKBONE
+    assert labels['backbone/classifier/kernel'] == optim.TRAINED
+    assert labels['backbone/stem/conv/kernel'] == optim.BACKBONE
     logged = []
     monkeypatch.setattr(logging, 'info', lambda msg, *a: logged.append(msg % a))
     fresh = s.init_fn(jax.random.PRNGKey(0))
@@ -174,7 +175,6 @@ def test_a_dataset_of_the_other_task_is_named(objects_data_dir, tmp_path):
   with pytest.raises(errors.ConfigError, match=r"'shapes/tiny' has no class "
                      r"label.*detection dataset"):
     train.setup(config, str(tmp_path / 'a'))
-  import cnn  # pylint: disable=g-import-not-at-top
   config = cnn.get_config('tiny')
   config.data_dir = objects_data_dir
   config.dataset = 'shapes_objects/tiny'

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 
-import detector  # pylint: disable=unused-import
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,15 +90,22 @@ def test_parameter_counts_equal_originals(originals):
     assert _param_count(model) == want, variant
 
 
+def _convert(originals, tmp_path, source, arch):
+  """The original's directory and (variables, metadata) of its state dict
+  converted by `python -m detector.port`."""
+  original = originals / source / arch / '0'
+  out = tmp_path / f'{arch}.npz'
+  result = _port(f'--source={source}', f'--arch={arch}',
+                 f'--input={original / "state_dict.pth"}', f'--output={out}')
+  assert result.returncode == 0, result.stderr
+  return (original, *weights.load(str(out)))
+
+
 @pytest.mark.parametrize('arch', ['efficientnet_b0', 'efficientnet_b3'])
 @pytest.mark.xdist_group('torch_originals')
 def test_converted_torchvision_equals_original(originals, tmp_path, arch):
-  original = originals / 'torchvision' / arch / '0'
-  out = tmp_path / f'{arch}.npz'
-  result = _port('--source=torchvision', f'--arch={arch}',
-                 f'--input={original / "state_dict.pth"}', f'--output={out}')
-  assert result.returncode == 0, result.stderr
-  variables, metadata = weights.load(str(out))
+  original, variables, metadata = _convert(originals, tmp_path, 'torchvision',
+                                           arch)
   assert metadata['backbone'] == 'efficientnet'
   assert metadata['backbone_kwargs'] == dict(variant=arch[-2:],
                                              padding='symmetric')
@@ -121,12 +127,8 @@ def test_converted_torchvision_equals_original(originals, tmp_path, arch):
 @pytest.mark.parametrize('arch', ['efficientnet-lite0', 'efficientnet-lite2'])
 @pytest.mark.xdist_group('torch_originals')
 def test_converted_efficientnet_lite_equals_original(originals, tmp_path, arch):
-  original = originals / 'efficientnet_lite' / arch / '0'
-  out = tmp_path / f'{arch}.npz'
-  result = _port('--source=efficientnet_lite', f'--arch={arch}',
-                 f'--input={original / "state_dict.pth"}', f'--output={out}')
-  assert result.returncode == 0, result.stderr
-  variables, metadata = weights.load(str(out))
+  original, variables, metadata = _convert(originals, tmp_path,
+                                           'efficientnet_lite', arch)
   assert metadata['backbone_kwargs'] == dict(variant=arch[-5:], padding='same')
   assert metadata['norm_epsilon'] == 1e-3
   # 64 and 67 px: TF SAME padding (asymmetric at stride 2 on even sizes).

@@ -15,8 +15,10 @@ import tensorflow_datasets as tfds
 
 from detector import errors
 from detector.data import datasets
-from detector.data import folders
-from detector.data import pipeline
+from detector.data import formats
+from detector.data import detection
+from detector.data import loading
+from detector.data.formats import voc
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 
@@ -107,7 +109,7 @@ def coco_folder(tmp_path):
 
 
 def _convert(spec, data_dir):
-  kind, root = folders.parse_spec(spec)
+  kind, root = formats.parse_spec(spec)
   return datasets.convert(kind, root, str(data_dir), verbose=False)
 
 
@@ -147,25 +149,25 @@ def test_coco_json_report(coco_folder, tmp_path):
 def test_coco_json_boxes_and_ids_reach_the_dataset_and_pipeline(coco_folder, tmp_path):
   spec = f'coco_json:{coco_folder}'
   builder = datasets.get_builder(spec, str(tmp_path / 'data'), verbose=False)
-  names = pipeline.class_names(builder)
-  ids = pipeline.category_ids(builder, len(names))
+  names = detection.class_names(builder)
+  ids = detection.category_ids(builder, names)
   assert names == ['cat', 'dog'] and ids == [3, 7]
-  gt = pipeline.groundtruth_coco(builder, 'train', names, ids)
+  gt = detection.groundtruth_coco(builder, 'train', names, ids)
   assert sorted(im['id'] for im in gt['images']) == [1, 4, 5]
   got = sorted((a['image_id'], a['category_id'], tuple(np.round(a['bbox'], 3)))
                for a in gt['annotations'])
   assert got == [(1, 3, (4.0, 4.0, 20.0, 10.0)), (1, 7, (50.0, 30.0, 14.0, 18.0)),
                  (5, 3, (1.0, 1.0, 8.0, 8.0))]
-  test_gt = pipeline.groundtruth_coco(builder, 'test', names, ids)
+  test_gt = detection.groundtruth_coco(builder, 'test', names, ids)
   assert sorted((a['category_id'], a['iscrowd']) for a in test_gt['annotations']) == [
       (3, 0), (3, 1), (7, 0)]
   # Through the evaluation pipeline: each box, in input pixels / scale, is
   # where its colour was painted.
-  import cnn  # pylint: disable=g-import-not-at-top
+  from detector.configs import cnn  # pylint: disable=g-import-not-at-top
   config = cnn.get_config('tiny')
   config.dataset = spec
   config.data_dir = str(tmp_path / 'data')
-  batches = list(pipeline.eval_batches(config, builder, 'train', batch_size=4))
+  batches = list(detection.eval_batches(config, builder, 'train', batch_size=4))
   seen = 0
   for batch in batches:
     for i in np.flatnonzero(batch['example_mask']):
@@ -183,7 +185,7 @@ def test_coco_json_boxes_and_ids_reach_the_dataset_and_pipeline(coco_folder, tmp
 
 
 def test_evaluation_writes_the_datasets_own_ids(coco_folder, tmp_path):
-  from detector import evaluate  # pylint: disable=g-import-not-at-top
+  from detector.train import evaluate  # pylint: disable=g-import-not-at-top
   out = {'valid': np.array([[True, True]]), 'boxes': np.array([[[4, 4, 14, 24], [0, 0, 9, 9]]], np.float32),
          'classes': np.array([[0, 1]]), 'scores': np.array([[0.9, 0.8]])}
   meta = {'example_mask': np.array([True]), 'orig_size': np.array([[48, 64]]),
@@ -236,8 +238,8 @@ def make_voc_folder(root):
 def test_voc_folder(tmp_path):
   root = make_voc_folder(str(tmp_path / 'voc'))
   builder = datasets.get_builder(f'voc:{root}', str(tmp_path / 'data'), verbose=False)
-  names = pipeline.class_names(builder)
-  assert names == list(folders.VOC_CLASSES)  # Every name is a VOC class.
+  names = detection.class_names(builder)
+  assert names == list(voc.VOC_CLASSES)  # Every name is a VOC class.
   _, report = _convert(f'voc:{root}', tmp_path / 'data')
   assert report['totals'] == dict(
       images_read=2, images_kept=1, images_skipped=1, boxes_read=5,
@@ -247,8 +249,8 @@ def test_voc_folder(tmp_path):
   assert list(report['problems']['empty_split']['files']) == [
       'validation (1 images listed)']
   assert sorted(builder.info.splits) == ['train']
-  gt = pipeline.groundtruth_coco(builder, 'train', names,
-                                 pipeline.category_ids(builder, len(names)))
+  gt = detection.groundtruth_coco(builder, 'train', names,
+                                 detection.category_ids(builder, names))
   got = sorted((a['category_id'], a['iscrowd'], tuple(np.round(a['bbox'], 3)))
                for a in gt['annotations'])
   bird, person = names.index('bird') + 1, names.index('person') + 1
@@ -294,7 +296,7 @@ def test_yolo_folder(tmp_path):
   assert report['splits']['train']['images_without_boxes'] == 1
   builder = tfds.builder_from_directory(report['dataset_dir'])
   assert str(builder.data_dir).startswith(directory)
-  gt = pipeline.groundtruth_coco(builder, 'train', report['classes'], [0, 1])
+  gt = detection.groundtruth_coco(builder, 'train', report['classes'], [0, 1])
   got = sorted((a['category_id'], tuple(np.round(a['bbox'], 3))) for a in gt['annotations'])
   assert got == [(0, (10.0, 5.0, 20.0, 10.0)), (1, (0.0, 8.0, 12.0, 4.0)),
                  (1, (20.0, 0.0, 20.0, 20.0))]
@@ -347,48 +349,48 @@ def test_bad_coco_folders_fail_naming_the_file(coco_folder, tmp_path, case):
     coco_folder = str(tmp_path / 'empty')
     os.makedirs(os.path.join(coco_folder, 'photos'))
     match = 'no split folders'
-  with pytest.raises(folders.DataError, match=match):
+  with pytest.raises(formats.DataError, match=match):
     _convert(f'coco_json:{coco_folder}', tmp_path / 'data')
 
 
 def test_bad_voc_and_yolo_folders_fail_naming_the_file(tmp_path):
-  voc = make_voc_folder(str(tmp_path / 'voc'))
-  path = os.path.join(voc, 'Annotations', 'img2.xml')
+  voc_root = make_voc_folder(str(tmp_path / 'voc'))
+  path = os.path.join(voc_root, 'Annotations', 'img2.xml')
   with open(path, 'w') as f:
     f.write('<annotation><object>')
-  with pytest.raises(folders.DataError, match=rf'{path}: not valid XML'):
-    _convert(f'voc:{voc}', tmp_path / 'data')
+  with pytest.raises(formats.DataError, match=rf'{path}: not valid XML'):
+    _convert(f'voc:{voc_root}', tmp_path / 'data')
   yolo = make_yolo_folder(str(tmp_path / 'yolo'))
   label = os.path.join(yolo, 'labels', 'train', 'a.txt')
   with open(label, 'a') as f:
     f.write('5 0.5 0.5 0.1 0.1\n')
-  with pytest.raises(folders.DataError, match=rf'{label}:4: class 5 is not in data.yaml'):
+  with pytest.raises(formats.DataError, match=rf'{label}:4: class 5 is not in data.yaml'):
     _convert(f'yolo:{yolo}', tmp_path / 'data')
   with open(label, 'w') as f:
     f.write('0 0.5 0.5\n')
-  with pytest.raises(folders.DataError, match=rf'{label}:1: .* is not "class cx cy w h"'):
+  with pytest.raises(formats.DataError, match=rf'{label}:1: .* is not "class cx cy w h"'):
     _convert(f'yolo:{yolo}', tmp_path / 'data')
   with open(os.path.join(yolo, 'data.yaml'), 'w') as f:
     f.write('names: [a, b\n')
-  with pytest.raises(folders.DataError, match='data.yaml: not valid YAML'):
+  with pytest.raises(formats.DataError, match='data.yaml: not valid YAML'):
     _convert(f'yolo:{yolo}', tmp_path / 'data')
 
 
 def test_bad_specs_and_missing_splits(tmp_path):
   with pytest.raises(errors.ConfigError, match=r"expected coco_json:DIR"):
-    folders.parse_spec('coco_json:')
+    formats.parse_spec('coco_json:')
   with pytest.raises(errors.ConfigError, match='nothere is not a folder'):
-    folders.parse_spec(f'voc:{tmp_path}/nothere')
+    formats.parse_spec(f'voc:{tmp_path}/nothere')
   with pytest.raises(errors.ConfigError, match='neither a known TFDS dataset'):
     datasets.get_builder('no_such_dataset_xyz', str(tmp_path))
   yolo = make_yolo_folder(str(tmp_path / 'yolo'))
   builder = datasets.get_builder(f'yolo:{yolo}', str(tmp_path / 'data'), verbose=False)
   with pytest.raises(errors.ConfigError, match=r"split 'test' is not in .*yolo.*it has \['train', 'validation'\]"):
-    pipeline.split_size(builder, 'test', f'yolo:{yolo}')
+    loading.split_size(builder, 'test', f'yolo:{yolo}')
 
 
-def test_inspect_command(coco_folder, tmp_path):
-  run = lambda *a: subprocess.run([sys.executable, '-m', 'detector.data.inspect', *a],
+def test_report_command(coco_folder, tmp_path):
+  run = lambda *a: subprocess.run([sys.executable, '-m', 'detector.data.report', *a],
                                   capture_output=True, text=True, check=False)
   result = run(f'coco_json:{coco_folder}', f'--data_dir={tmp_path / "data"}')
   assert result.returncode == 0, result.stderr

@@ -2,17 +2,16 @@
 must detect the ground truth exactly (a round trip through targets, decode,
 NMS and the COCO evaluator), and the targets obey their definitions."""
 
-import detector  # pylint: disable=unused-import
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import cnn
+from detector import errors
+from detector.configs import cnn
 from detector.evaluation import coco
 from detector.models import detector as detector_lib
 from detector.models.heads import centernet
-from detector.models.heads import retinanet
 from detector.ops import boxes as box_ops
 from detector.ops import matching
 
@@ -35,14 +34,23 @@ def _scene(rng, num, size=96, max_boxes=8, min_side=8, max_side=40):
   return padded, labels, mask
 
 
+SIZE = (96, 96)  # The padded input of every scene.
+
+
 def _model_config(head):
   config = cnn.get_config()
   model = config.model.copy_and_resolve_references()
-  with model.unlocked():
-    model.num_classes = 3
+  model.num_classes = 3
+  model.head = head
   model.retinanet.min_level = 2
   model.retinanet.max_level = 4
   return model
+
+
+def _head(config):
+  """The configured head module (unbound: its loss, decode and merge)."""
+  lib, options = detector_lib.head_options(config)
+  return lib.Head(num_classes=config.num_classes, options=options)
 
 
 def _as_coco(boxes, labels, mask, pred):
@@ -71,14 +79,14 @@ def _perfect_centernet(boxes, labels, mask):
       b, l, m, 3, (24, 24), 4))(boxes, labels, mask)
   ys = (jnp.arange(24) + 0.5) * 4
   cy, cx = ys[None, :, None], ys[None, None, :]
-  ltrb = jnp.stack([cy - targets[..., 0], cx - targets[..., 1],
+  tlbr = jnp.stack([cy - targets[..., 0], cx - targets[..., 1],
                     targets[..., 2] - cy, targets[..., 3] - cx], -1)
-  return {'heatmap': jnp.where(heat >= 1 - 1e-6, 10.0, -10.0), 'ltrb': ltrb}
+  return {'heatmap': jnp.where(heat >= 1 - 1e-6, 10.0, -10.0), 'tlbr': tlbr}
 
 
 def _perfect_retinanet(boxes, labels, mask, config):
   """Each box's single best anchor fires with exact deltas; others are silent."""
-  anchors = jnp.asarray(retinanet.anchors_for(config))
+  anchors = jnp.asarray(_head(config).options.anchors(SIZE))
   matched, match_labels = jax.vmap(lambda b, m: matching.match_anchors(
       anchors, b, m))(boxes, mask)
   gt_boxes = jnp.take_along_axis(jnp.asarray(boxes), matched[..., None], 1)
@@ -115,8 +123,8 @@ def test_centernet_perfect_outputs_give_ap_one():
   boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
   config = _model_config('centernet')
   outputs = _perfect_centernet(boxes, labels, mask)
-  pred = detector_lib.postprocess(centernet.decode(outputs, config), config,
-                                  (96, 96))
+  pred = detector_lib.postprocess(_head(config).decode(outputs, SIZE), config,
+                                  SIZE)
   assert int(pred['valid'].sum()) == int(mask.sum())
   gt, dets = _as_coco(boxes, labels, mask, pred)
   metrics = coco.evaluate_coco(gt, dets)
@@ -129,8 +137,8 @@ def test_retinanet_perfect_outputs_give_ap_one():
   boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
   config = _model_config('retinanet')
   outputs = _perfect_retinanet(boxes, labels, mask, config)
-  pred = detector_lib.postprocess(retinanet.decode(outputs, config), config,
-                                  (96, 96))
+  pred = detector_lib.postprocess(_head(config).decode(outputs, SIZE), config,
+                                  SIZE)
   assert int(pred['valid'].sum()) == int(mask.sum())
   gt, dets = _as_coco(boxes, labels, mask, pred)
   assert coco.evaluate_coco(gt, dets)['AP'] == pytest.approx(1.0)
@@ -141,16 +149,14 @@ def test_loss_is_finite_and_lower_for_targets_than_for_noise(head):
   rng = np.random.default_rng(3)
   scenes = [_scene(rng, n, min_side=12) for n in (3, 0)]
   boxes, labels, mask = (np.stack(x) for x in zip(*scenes))
-  batch = {'boxes': jnp.asarray(boxes), 'labels': jnp.asarray(labels),
-           'box_mask': jnp.asarray(mask)}
-  config = _model_config(head)
-  config.head = head
-  model = detector_lib.build(config, train=False)
   images = jnp.asarray(rng.integers(0, 255, (2, 96, 96, 3)), jnp.uint8)
+  batch = {'image': images, 'boxes': jnp.asarray(boxes),
+           'labels': jnp.asarray(labels), 'box_mask': jnp.asarray(mask)}
+  config = _model_config(head)
+  model = detector_lib.build(config, train=False)
   # Under jit: eager first calls compile op by op, far slower.
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), images)
-  lib = centernet if head == 'centernet' else retinanet
-  loss_fn = lambda v: lib.loss(model.apply(v, images), batch, config)
+  loss_fn = lambda v: model.head.loss(model.apply(v, images), batch)
   (loss, parts), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
       variables)
   assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in parts.values())
@@ -170,20 +176,55 @@ def test_merge_flipped_maps_mirror_outputs_back(head):
   mirrored[..., 1], mirrored[..., 3] = 96 - boxes[..., 3], 96 - boxes[..., 1]
   mirrored[~mask] = 0
   config = _model_config(head)
-  config.head = head
-  lib = centernet if head == 'centernet' else retinanet
+  lib = _head(config)
   if head == 'centernet':
     outputs = _perfect_centernet(boxes, labels, mask)
     flipped = _perfect_centernet(mirrored, labels, mask)
   else:
     outputs = _perfect_retinanet(boxes, labels, mask, config)
     flipped = _perfect_retinanet(mirrored, labels, mask, config)
-  merged = lib.merge_flipped(outputs, flipped, config)
+  merged = lib.merge_flipped(outputs, flipped, SIZE)
   for key in outputs:
     np.testing.assert_allclose(merged[key], outputs[key], atol=2e-3)
-  pred = detector_lib.postprocess(lib.decode(merged, config), config, (96, 96))
+  pred = detector_lib.postprocess(lib.decode(merged, SIZE), config, SIZE)
   gt, dets = _as_coco(boxes, labels, mask, pred)
   assert coco.evaluate_coco(gt, dets)['AP'] == pytest.approx(1.0)
   # Merging a scene with a different (unmirrored) one must not pass.
-  wrong = lib.merge_flipped(outputs, outputs, config)
+  wrong = lib.merge_flipped(outputs, outputs, SIZE)
   assert not all(np.allclose(wrong[k], outputs[k], atol=2e-3) for k in outputs)
+
+
+def test_head_options_are_checked_before_anything_is_built():
+  """A head's options are its `Options`: an unknown key, a bad value or a
+  level the neck does not make is a ConfigError naming the key."""
+  config = _model_config('retinanet')
+  config.retinanet.box_loss = 'l1'
+  with pytest.raises(errors.ConfigError,
+                     match=r"retinanet.box_loss='l1': expected one of"):
+    detector_lib.build(config, train=True)
+  config = _model_config('retinanet')
+  config.retinanet.max_level = 7  # The FPN makes levels 2..5.
+  with pytest.raises(errors.ConfigError,
+                     match=r'reads levels \[2, 3, 4, 5, 6, 7\] but the fpn '
+                     r'neck makes \[2, 3, 4, 5\]'):
+    detector_lib.build(config, train=True)
+  config = _model_config('centernet')
+  with config.centernet.unlocked():
+    config.centernet.sigma = 2.0
+  with pytest.raises(errors.ConfigError, match=r'centernet.*sigma.*its options '
+                     r"are \[.*'gaussian_alpha'"):
+    detector_lib.build(config, train=True)
+  config = _model_config('centernet')
+  config.centernet.prior_prob = 1.0
+  with pytest.raises(errors.ConfigError, match=r'prior_prob=1.0: must be in'):
+    detector_lib.build(config, train=True)
+
+
+def test_head_declares_the_input_stride():
+  """Input sizes must be multiples of the deepest level any part makes or
+  reads: 32 for the CNN + FPN(2..5); 128 when the head reads level 7."""
+  config = _model_config('centernet')
+  assert detector_lib.build(config, train=False).required_stride == 32
+  config = _model_config('retinanet')
+  config.fpn.max_level = config.retinanet.max_level = 7
+  assert detector_lib.build(config, train=False).required_stride == 128

@@ -13,7 +13,6 @@ occur and get tested.
 
 import math
 
-import detector  # noqa: F401  (must precede jax: sets XLA flags)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,14 +57,19 @@ def _ref_area(box):
   return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
 
 
-def _ref_iou(a, b):
-  """IoU of two yxyx boxes with Python floats; 0 for an empty union."""
+def _ref_inter_union(a, b):
+  """(intersection, union) areas of two yxyx boxes, with Python floats."""
   a = [float(v) for v in a]
   b = [float(v) for v in b]
   ih = min(a[2], b[2]) - max(a[0], b[0])
   iw = min(a[3], b[3]) - max(a[1], b[1])
   inter = max(ih, 0.0) * max(iw, 0.0)
-  union = _ref_area(a) + _ref_area(b) - inter
+  return inter, _ref_area(a) + _ref_area(b) - inter
+
+
+def _ref_iou(a, b):
+  """IoU of two yxyx boxes with Python floats; 0 for an empty union."""
+  inter, union = _ref_inter_union(a, b)
   return inter / union if union > 0 else 0.0
 
 
@@ -74,12 +78,7 @@ def _ref_iou_matrix(a, b):
 
 
 def _ref_giou(a, b):
-  a = [float(v) for v in a]
-  b = [float(v) for v in b]
-  ih = min(a[2], b[2]) - max(a[0], b[0])
-  iw = min(a[3], b[3]) - max(a[1], b[1])
-  inter = max(ih, 0.0) * max(iw, 0.0)
-  union = _ref_area(a) + _ref_area(b) - inter
+  inter, union = _ref_inter_union(a, b)
   enclosing = _ref_area([min(a[0], b[0]), min(a[1], b[1]),
                          max(a[2], b[2]), max(a[3], b[3])])
   iou = inter / union if union > 0 else 0.0

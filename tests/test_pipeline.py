@@ -9,16 +9,17 @@ import tensorflow_datasets as tfds
 
 from detector import errors
 from detector import train
-from detector.data import pipeline
+from detector.data import detection
+from detector.data import loading
 
 
 def _batches(config, builder, start, n):
-  ds = pipeline.train_dataset(config, builder, start_step=start)
+  ds = detection.train_dataset(config, builder, start_step=start)
   return [b for _, b in zip(range(n), tfds.as_numpy(ds))]
 
 
 def test_resume_position_and_determinism(tiny_config):
-  builder = pipeline.get_builder(tiny_config)
+  builder = loading.get_builder(tiny_config)
   first = _batches(tiny_config, builder, 0, 16)  # 16 * 8 = two epochs of 64.
   again = _batches(tiny_config, builder, 0, 16)
   resumed = _batches(tiny_config, builder, 9, 3)
@@ -35,7 +36,7 @@ def test_resume_position_and_determinism(tiny_config):
 
 
 def test_batch_shapes_and_boxes_inside_valid_region(tiny_config):
-  builder = pipeline.get_builder(tiny_config)
+  builder = loading.get_builder(tiny_config)
   h, w = tiny_config.image_size
   k = tiny_config.input.max_boxes
   for batch in _batches(tiny_config, builder, 0, 8):
@@ -48,14 +49,14 @@ def test_batch_shapes_and_boxes_inside_valid_region(tiny_config):
 
 
 def test_eval_batches_cover_the_split_once(tiny_config):
-  builder = pipeline.get_builder(tiny_config)
-  batches = list(pipeline.eval_batches(tiny_config, builder, 'validation',
+  builder = loading.get_builder(tiny_config)
+  batches = list(detection.eval_batches(tiny_config, builder, 'validation',
                                        batch_size=6))
   assert len(batches) == 3  # 16 examples in batches of 6, the last padded.
   ids = np.concatenate([b['image_id'][b['example_mask']] for b in batches])
   assert len(ids) == 16 and len(set(ids)) == 16
-  gt = pipeline.groundtruth_coco(builder, 'validation',
-                                 pipeline.class_names(builder))
+  gt = detection.groundtruth_coco(builder, 'validation',
+                                 detection.class_names(builder))
   assert {im['id'] for im in gt['images']} == set(ids)
   # Eval keeps every box of every image (nothing is cut or augmented away).
   per_image = {}
@@ -72,15 +73,14 @@ def test_training_crops_are_cut_at_the_evaluation_scale(tiny_config):
   batches hold whole images at eval_image_size."""
   config = tiny_config.copy_and_resolve_references()
   config.eval_image_size = (128, 128)
-  config.input.eval_image_size = (128, 128)
-  builder = pipeline.get_builder(config)
+  builder = loading.get_builder(config)
   lo, hi = config.input.scale_jitter
   for batch in _batches(config, builder, 0, 4):
     assert batch['image'].shape[1:3] == tuple(config.image_size)
     fit = np.min(128 / batch['orig_size'], axis=1)
     assert np.all(batch['scale'] >= fit * lo - 1e-5)
     assert np.all(batch['scale'] <= fit * hi + 1e-5)
-  batch = next(pipeline.eval_batches(config, builder, 'validation'))
+  batch = next(detection.eval_batches(config, builder, 'validation'))
   assert batch['image'].shape[1:3] == (128, 128)
   np.testing.assert_allclose(batch['scale'][batch['example_mask']],
                              np.min(128 / batch['orig_size'], axis=1)[
@@ -143,21 +143,21 @@ def test_tfds_detection_datasets_feed_the_pipeline(name, num_classes, tiny_confi
   config.data_dir = str(tmp_path)
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                               as_dataset_fn=_consistent_mock_examples):
-    builder = pipeline.get_builder(config)
-    names = pipeline.class_names(builder)
+    builder = loading.get_builder(config)
+    names = detection.class_names(builder)
     assert len(names) == num_classes
-    ids = pipeline.category_ids(builder, len(names))
+    ids = detection.category_ids(builder, names)
     if name.startswith('coco'):
       assert ids == datasets.COCO_CATEGORY_IDS
       assert len(ids) == 80 and ids[-1] == 90 and 12 not in ids
     else:
       assert ids == list(range(1, 21)) and names[0] == 'aeroplane'
-    batch = next(pipeline.train_dataset(config, builder).as_numpy_iterator())
+    batch = next(detection.train_dataset(config, builder).as_numpy_iterator())
     b, (h, w) = config.batch_size, config.image_size
     assert batch['image'].shape == (b, h, w, 3) and batch['image'].dtype == np.uint8
     assert batch['boxes'].shape == (b, config.input.max_boxes, 4)
     assert (batch['labels'][batch['box_mask']] < num_classes).all()
-    gt = pipeline.groundtruth_coco(builder, 'train', names, ids)
+    gt = detection.groundtruth_coco(builder, 'train', names, ids)
     image_ids = [im['id'] for im in gt['images']]
     assert len(image_ids) == 6 == len(set(image_ids))
     assert {a['category_id'] for a in gt['annotations']} <= set(ids)
@@ -177,17 +177,17 @@ def test_extra_train_datasets_join_the_training_stream(tiny_config, tmp_path):
   config.batch_size = 12
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_CODE,
                               as_dataset_fn=_consistent_mock_examples):
-    builder = pipeline.get_builder(config)
+    builder = loading.get_builder(config)
     epochs = [b['image_id'] for b in
-              pipeline.train_dataset(config, builder).take(2).as_numpy_iterator()]
+              detection.train_dataset(config, builder).take(2).as_numpy_iterator()]
     # Alone: 6 images, so a batch of 12 holds each twice.
     assert len(set(epochs[0])) == 6
     config.extra_train_datasets = ('voc/2012',)
     epochs = [b['image_id'] for b in
-              pipeline.train_dataset(config, builder).take(2).as_numpy_iterator()]
+              detection.train_dataset(config, builder).take(2).as_numpy_iterator()]
     assert len(set(epochs[0])) == 12 and set(epochs[0]) == set(epochs[1])
     ids_2007 = {ex['image_id'] for ex in tfds.as_numpy(
-        builder.as_dataset(split='train').map(pipeline._decode))}  # pylint: disable=protected-access
+        builder.as_dataset(split='train').map(detection._decode))}  # pylint: disable=protected-access
     assert ids_2007 < set(epochs[0])
     config.extra_train_datasets = ('coco/2017',)
     with pytest.raises(errors.ConfigError, match=(

@@ -4,21 +4,18 @@ The originals are the libraries' own models with random weights and random
 BatchNorm statistics (convs re-drawn He-normal so the logits depend on the
 input), in inference mode, on the same inputs, saved in the library's own
 formats. timm runs in a separate process (the session's `originals`, made by
-`timm_reference.py`: torch cannot be imported beside TensorFlow); Keras runs here. Every conversion goes
-through the real command line. Inputs are 64 and 67 px: TF SAME and
-symmetric padding differ at stride 2 between even and odd sides.
+`torch_reference.py`: torch cannot be imported beside TensorFlow); Keras runs
+here. Every conversion goes through the real command line. Inputs are 64 and
+67 px: TF SAME and symmetric padding differ at stride 2 between even and odd
+sides.
 """
 
 import functools
 import json
-import math
 import os
 import shutil
-import subprocess
-import sys
 from unittest import mock
 
-import detector  # pylint: disable=unused-import
 import h5py
 import jax
 import numpy as np
@@ -28,7 +25,7 @@ from detector import port
 from detector.models.backbones import efficientnet
 from detector.port import source_keras
 from detector.port import source_timm
-from detector.port import weights
+import port_helpers
 
 SIZES = (64, 67)
 # timm arch -> the file format its test converts.
@@ -39,18 +36,6 @@ TIMM_ARCHS = {'efficientnet_b0': 'state_dict.pth',
 TIMM_EFFICIENTNETS = [a for a, s in source_timm.ARCHS.items()
                       if s.backbone == 'efficientnet']
 KERAS_ARCHS = ('EfficientNetB0', 'EfficientNetB2')
-
-
-def _port(*args):
-  return subprocess.run([sys.executable, '-m', 'detector.port', *args],
-                        capture_output=True, text=True, check=False)
-
-
-def _convert(source, arch, path, out):
-  result = _port(f'--source={source}', f'--arch={arch}', f'--input={path}',
-                 f'--output={out}')
-  assert result.returncode == 0, result.stderr
-  return weights.load(str(out))
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,8 +61,7 @@ def _assert_equal_to(expected, got, size):
     assert got[key].shape == want.shape, name
     np.testing.assert_allclose(got[key], want, rtol=0,
                                atol=1e-4 * np.abs(want).max(), err_msg=name)
-  # The logits depend on the input at least 10 times the tolerance (the
-  # random Keras models by ~0.5%, timm's by ~3%; C2..C5 by far more), so
+  # The logits depend on the input at least 10 times the tolerance, so
   # input-dependent errors (padding, a wrong kernel) show in them too.
   logits = expected[f'x{size}_logits']
   assert np.abs(logits[0] - logits[1]).max() > 1e-3 * np.abs(logits).max()
@@ -104,8 +88,8 @@ def test_converted_timm_efficientnet_equals_timm(timm_reference, arch,
                                                  tmp_path):
   directory, cfgs = timm_reference
   filename = TIMM_ARCHS[arch]
-  variables, metadata = _convert('timm', arch, directory / arch / filename,
-                                 tmp_path / f'{arch}.npz')
+  variables, metadata = port_helpers.convert(
+      'timm', arch, directory / arch / filename, tmp_path / f'{arch}.npz')
   assert metadata['origin'] == filename
   # The padding and epsilon the timm model itself has.
   same = 'Conv2dSame' in cfgs[arch]['conv_classes']
@@ -126,15 +110,7 @@ def test_timm_efficientnet_specs_follow_timm(timm_reference):
   cfgs = timm_reference[1]
   for arch in TIMM_EFFICIENTNETS:
     spec, cfg = source_timm.ARCHS[arch], cfgs[arch]
-    assert cfg['tag'] == source_timm._TAGS[arch], arch  # pylint: disable=protected-access
-    assert cfg['crop_mode'] == 'center' and cfg['num_classes'] == 1000, arch
-    size = cfg['input_size'][1]
-    assert spec.preprocessing == dict(
-        image_size=size, resize=math.floor(size / cfg['crop_pct']),
-        interpolation=cfg['interpolation'],
-        mean=pytest.approx([255 * m for m in cfg['mean']]),
-        std=pytest.approx([255 * s for s in cfg['std']])), arch
-    assert cfg['bn_epsilons'] == [spec.norm_epsilon], arch
+    port_helpers.assert_follows_timm(arch, spec, cfg)
     same = 'Conv2dSame' in cfg['conv_classes']
     assert spec.kwargs == dict(variant=arch.split('_')[-1],
                                padding='same' if same else 'symmetric'), arch
@@ -147,8 +123,8 @@ def test_timm_wrong_arch_or_padding_is_caught(timm_reference, tmp_path):
   directory = timm_reference[0]
   b2 = directory / 'tf_efficientnet_b2' / 'state_dict.pth'
   # A b2 file converted as b0 fails, naming the tensors that do not fit.
-  result = _port('--source=timm', '--arch=tf_efficientnet_b0', f'--input={b2}',
-                 f'--output={tmp_path / "wrong.npz"}')
+  result = port_helpers.port('--source=timm', '--arch=tf_efficientnet_b0',
+                             f'--input={b2}', f'--output={tmp_path / "wrong.npz"}')
   assert result.returncode == 2, result.stderr
   # b2's stage 3 is 48 channels wide (b0's 40); its stage 1 has 2 blocks.
   assert ('blocks.2.0.conv_pwl.weight (48, 144, 1, 1) -> '
@@ -160,7 +136,7 @@ def test_timm_wrong_arch_or_padding_is_caught(timm_reference, tmp_path):
   # A tf_ file converted as its PyTorch-trained twin has the same shapes and
   # converts, but symmetric padding (and eps 1e-5) computes something else:
   # the comparison above would catch a wrong padding choice.
-  variables, metadata = _convert(
+  variables, metadata = port_helpers.convert(
       'timm', 'efficientnet_b0',
       directory / 'tf_efficientnet_b0' / 'state_dict.pth', tmp_path / 'b0.npz')
   expected = np.load(directory / 'tf_efficientnet_b0' / 'expected.npz')
@@ -300,8 +276,8 @@ def keras_reference(tmp_path_factory):
 def test_converted_keras_efficientnet_equals_keras(keras_reference, arch,
                                                    file_kind, tmp_path):
   files, expected, facts = keras_reference[arch]
-  variables, metadata = _convert('keras', arch, files[file_kind],
-                                 tmp_path / f'{arch}.npz')
+  variables, metadata = port_helpers.convert('keras', arch, files[file_kind],
+                                             tmp_path / f'{arch}.npz')
   assert metadata['backbone_kwargs'] == dict(variant=arch[-2:].lower(),
                                              padding='same')
   assert facts['epsilons'] == {metadata['norm_epsilon']} == {1e-3}
@@ -351,8 +327,8 @@ def test_keras_files_that_cannot_convert_fail_naming_why(keras_reference,
   out = tmp_path / 'x.npz'
 
   def fails(arch, path, *needles):
-    result = _port('--source=keras', f'--arch={arch}', f'--input={path}',
-                   f'--output={out}')
+    result = port_helpers.port('--source=keras', f'--arch={arch}',
+                               f'--input={path}', f'--output={out}')
     assert result.returncode == 2, result.stderr
     for needle in needles:
       assert needle in result.stderr, (needle, result.stderr)

@@ -3,18 +3,15 @@
 The originals are the libraries' own models with random weights and random
 BatchNorm statistics (so every tensor matters), in inference mode, on the same
 inputs. timm runs in a separate process (the session's `originals`, made by
-`timm_reference.py`: torch cannot be imported beside TensorFlow); Keras runs here. Every conversion goes through
-the real command line, which imports neither library for reading a file.
+`torch_reference.py`: torch cannot be imported beside TensorFlow); Keras runs
+here. Every conversion goes through the real command line, which imports
+neither library for reading a file.
 """
 
 import json
-import math
 import os
 import shutil
-import subprocess
-import sys
 
-import detector  # pylint: disable=unused-import
 import h5py
 import numpy as np
 import pytest
@@ -22,23 +19,11 @@ import pytest
 from detector import port
 from detector.port import source_keras
 from detector.port import source_timm
-from detector.port import weights
+import port_helpers
 
 SIZES = (64, 67)  # Even and odd: padding must match the originals' on both.
 KERAS_FEATURES = {2: 'conv2_block3_out', 3: 'conv3_block4_out',
                   4: 'conv4_block6_out', 5: 'conv5_block3_out'}
-
-
-def _port(*args):
-  return subprocess.run([sys.executable, '-m', 'detector.port', *args],
-                        capture_output=True, text=True, check=False)
-
-
-def _convert(source, arch, path, out):
-  result = _port(f'--source={source}', f'--arch={arch}', f'--input={path}',
-                 f'--output={out}')
-  assert result.returncode == 0, result.stderr
-  return weights.load(str(out))
 
 
 def _assert_close(got, want, what):
@@ -66,8 +51,8 @@ def timm_reference(originals):
 @pytest.mark.parametrize('filename', ['state_dict.pth', 'state_dict.safetensors'])
 def test_converted_timm_resnet50_equals_timm(timm_reference, filename, tmp_path):
   directory, expected, _ = timm_reference
-  variables, metadata = _convert('timm', 'resnet50', directory / filename,
-                                 tmp_path / 'resnet50.npz')
+  variables, metadata = port_helpers.convert(
+      'timm', 'resnet50', directory / filename, tmp_path / 'resnet50.npz')
   assert metadata['source'] == 'timm' and metadata['origin'] == filename
   model = port.model_for(metadata)
   for size in SIZES:
@@ -79,20 +64,13 @@ def test_converted_timm_resnet50_equals_timm(timm_reference, filename, tmp_path)
 
 
 def test_timm_specs_follow_timm_pretrained_cfg(timm_reference):
-  """Each Spec records its default tag's eval settings, as timm applies them
-  (resize floor(size / crop_pct), centre crop), and its BatchNorm epsilon."""
+  """Each ResNet Spec records its default tag's eval settings, as timm
+  applies them, and its BatchNorm epsilon."""
   cfgs = timm_reference[2]
-  for arch, spec in source_timm.ARCHS.items():
-    cfg = cfgs[arch]
-    assert cfg['tag'] == source_timm._TAGS[arch]  # pylint: disable=protected-access
-    assert cfg['crop_mode'] == 'center' and cfg['num_classes'] == 1000
-    size = cfg['input_size'][1]
-    assert spec.preprocessing == dict(
-        image_size=size, resize=math.floor(size / cfg['crop_pct']),
-        interpolation=cfg['interpolation'],
-        mean=pytest.approx([255 * m for m in cfg['mean']]),
-        std=pytest.approx([255 * s for s in cfg['std']])), arch
-    assert cfg['bn_epsilons'] == [spec.norm_epsilon], arch
+  archs = [a for a, s in source_timm.ARCHS.items() if s.backbone == 'resnet']
+  assert archs
+  for arch in archs:
+    port_helpers.assert_follows_timm(arch, source_timm.ARCHS[arch], cfgs[arch])
 
 
 # Keras.
@@ -158,8 +136,8 @@ def keras_reference(tmp_path_factory):
 def test_converted_keras_resnet50_equals_keras(keras_reference, filename,
                                                tmp_path):
   directory, expected, facts = keras_reference
-  variables, metadata = _convert('keras', 'ResNet50', directory / filename,
-                                 tmp_path / 'resnet50.npz')
+  variables, metadata = port_helpers.convert(
+      'keras', 'ResNet50', directory / filename, tmp_path / 'resnet50.npz')
   assert metadata['norm_epsilon'] == 1.001e-5 and facts['epsilons'] == {1.001e-5}
   pre = metadata['preprocessing']
   # Keras subtracts a BGR mean from BGR pixels; ours is the same mean in RGB.
@@ -223,8 +201,8 @@ def test_bad_files_fail_naming_what_is_wrong(keras_reference, tmp_path):
   keras3 = directory / 'resnet50.weights.h5'
 
   def fails(source, arch, path, *needles):
-    result = _port(f'--source={source}', f'--arch={arch}', f'--input={path}',
-                   f'--output={out}')
+    result = port_helpers.port(f'--source={source}', f'--arch={arch}',
+                               f'--input={path}', f'--output={out}')
     assert result.returncode == 2, result.stderr
     for needle in needles:
       assert needle in result.stderr, (needle, result.stderr)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from detector.data import augment
 from detector.data import preprocess
 
 BG = 20.0  # Background value, every channel.
@@ -248,7 +249,7 @@ def test_clip_and_filter_boxes_cases():
 @pytest.mark.parametrize('mode', MODES)
 def test_flip_moves_boxes_with_pixels(mode):
   image, boxes, labels = make_scene(37, 53)  # Odd width: no symmetric slack.
-  fn = lambda i, b, s: preprocess.random_horizontal_flip(i, b, s, 1.0)
+  fn = lambda i, b, s: augment.random_horizontal_flip(i, b, s, 1.0)
   out_image, out_boxes = run(mode, fn, image, boxes, np.array([1, 2]))
   np.testing.assert_array_equal(out_image, image[:, ::-1])
   # No interpolation: boxes must be exact.
@@ -259,11 +260,11 @@ def test_flip_moves_boxes_with_pixels(mode):
 def test_flip_twice_is_identity_and_probability_zero_is_noop():
   image, boxes, _ = make_scene(37, 53)
   seed = tf.constant([3, 4], tf.int64)
-  once = preprocess.random_horizontal_flip(image, boxes, seed, 1.0)
-  twice = preprocess.random_horizontal_flip(*once, seed, 1.0)
+  once = augment.random_horizontal_flip(image, boxes, seed, 1.0)
+  twice = augment.random_horizontal_flip(*once, seed, 1.0)
   np.testing.assert_array_equal(twice[0], image)
   np.testing.assert_array_equal(twice[1], boxes)
-  never = preprocess.random_horizontal_flip(image, boxes, seed, 0.0)
+  never = augment.random_horizontal_flip(image, boxes, seed, 0.0)
   np.testing.assert_array_equal(never[0], image)
   np.testing.assert_array_equal(never[1], boxes)
 
@@ -273,8 +274,8 @@ def test_flip_is_seeded():
   flipped = []
   for s in range(16):
     seed = tf.constant([s, 7])
-    out_image, out_boxes = preprocess.random_horizontal_flip(image, boxes, seed)
-    again = preprocess.random_horizontal_flip(image, boxes, seed)
+    out_image, out_boxes = augment.random_horizontal_flip(image, boxes, seed)
+    again = augment.random_horizontal_flip(image, boxes, seed)
     np.testing.assert_array_equal(again[0], out_image)
     np.testing.assert_array_equal(again[1], out_boxes)
     assert_boxes_match_pixels(out_image, out_boxes, labels, enclose_tol=0.0,
@@ -287,7 +288,7 @@ JITTER_SEEDS = [np.array([s, 11], np.int32) for s in range(10)]
 
 
 def _jitter(image, boxes, seed, fit_size=None):
-  return preprocess.random_scale_jitter(image, boxes, (64, 64), 0.5, 2.0, seed,
+  return augment.random_scale_jitter(image, boxes, (64, 64), 0.5, 2.0, seed,
                                         pad_value=-1.0, fit_size=fit_size)
 
 
@@ -417,10 +418,10 @@ def test_pipeline_output_shapes_are_static_in_tf_data():
   def pipeline(image, boxes, labels, example_id):
     seeds = tf.random.experimental.stateless_split(
         tf.stack([example_id, tf.constant(0, tf.int64)]), num=3)
-    image, boxes = preprocess.random_horizontal_flip(image, boxes, seeds[0])
-    image, boxes, info = preprocess.random_scale_jitter(
+    image, boxes = augment.random_horizontal_flip(image, boxes, seeds[0])
+    image, boxes, info = augment.random_scale_jitter(
         image, boxes, (64, 48), 0.5, 1.5, seeds[1])
-    image = preprocess.random_color_jitter(image, seeds[2])
+    image = augment.random_color_jitter(image, seeds[2])
     boxes, labels, keep = preprocess.clip_and_filter_boxes(
         boxes, labels, info['valid_size'][0], info['valid_size'][1])
     out = preprocess.pad_to_max_boxes(boxes, labels, keep, max_boxes)
@@ -462,21 +463,21 @@ def test_color_jitter_is_seeded_and_bounded():
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
   seed = tf.constant([1, 2])
-  a = preprocess.random_color_jitter(image, seed, 0.5, 0.5, 0.5)
-  b = preprocess.random_color_jitter(image, seed, 0.5, 0.5, 0.5)
-  c = preprocess.random_color_jitter(image, tf.constant([2, 1]), 0.5, 0.5, 0.5)
+  a = augment.random_color_jitter(image, seed, 0.5, 0.5, 0.5)
+  b = augment.random_color_jitter(image, seed, 0.5, 0.5, 0.5)
+  c = augment.random_color_jitter(image, tf.constant([2, 1]), 0.5, 0.5, 0.5)
   assert a.dtype == tf.float32 and a.shape == image.shape
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
   assert np.all(a >= 0.0) and np.all(a <= 255.0)
   assert np.all(c >= 0.0) and np.all(c <= 255.0)
-  identity = preprocess.random_color_jitter(image, seed, 0.0, 0.0, 0.0)
+  identity = augment.random_color_jitter(image, seed, 0.0, 0.0, 0.0)
   np.testing.assert_array_equal(identity, image.astype(np.float32))
 
   # Brightness alone shifts every unclipped pixel by the same amount.
   mid = np.full((4, 4, 3), 128, np.uint8)
   mid[0, 0] = (100, 150, 120)
-  shifted = preprocess.random_color_jitter(mid, seed, 0.2, 0.0, 0.0).numpy()
+  shifted = augment.random_color_jitter(mid, seed, 0.2, 0.0, 0.0).numpy()
   delta = shifted - mid
   assert abs(delta[0, 0, 0]) > 0
   np.testing.assert_allclose(delta, delta[0, 0, 0], atol=1e-4)
@@ -486,7 +487,7 @@ def test_color_jitter_saturation_keeps_grey_pixels():
   # Saturation blends each pixel with its own grey value, so it cannot change
   # a pixel that is already grey, whatever the factor.
   grey = np.full((4, 4, 3), 77, np.uint8)
-  out = preprocess.random_color_jitter(grey, tf.constant([0, 0]), 0.0, 0.0, 0.9)
+  out = augment.random_color_jitter(grey, tf.constant([0, 0]), 0.0, 0.0, 0.9)
   np.testing.assert_allclose(out, 77.0, atol=1e-3)
 
 

@@ -1,7 +1,6 @@
 """ResNet backbones: parameter counts equal torchvision's, levels and strides,
 and PyTorch-style symmetric padding."""
 
-import detector  # pylint: disable=unused-import
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -20,6 +20,7 @@ from detector import checkpoints
 from detector import errors
 from detector import train
 from detector.models import detector as detector_lib
+from detector.train import optim
 from detector.port import weights
 
 CLASSES = [f'c{i}' for i in range(6)]
@@ -37,7 +38,8 @@ def _one_step(config):
     state = checkpoints.load_backbone(state, config.init_from)
   before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
   sharding = jax.sharding.NamedSharding(s.mesh, jax.sharding.PartitionSpec('data'))
-  state, _ = train.make_train_step(s)(state, train.device_batch(_batch(config), sharding))
+  state, _ = train.make_train_step(s)(state, train.device_batch(
+      _batch(config), sharding, s.task.batch_keys))
   after = jax.tree.map(np.asarray, (state.params, state.batch_stats))
   return s, before, after
 
@@ -70,19 +72,19 @@ def test_freeze_at_and_frozen_batch_norm_keep_weights_fixed(tiny_config, tmp_pat
     changed = not np.array_equal(p0[path], p1[path])
     top = path.split('/')[1] if path.startswith('backbone/') else None
     if top in ('stem', 'stage2_down', 'stage2_block0'):
-      assert label == train.FROZEN and not changed, path
+      assert label == optim.FROZEN and not changed, path
     elif path.startswith('backbone/') and path.endswith(('norm/scale', 'norm/bias')):
-      assert label == train.FROZEN and not changed, path  # Frozen BN affine.
+      assert label == optim.FROZEN and not changed, path  # Frozen BN affine.
     elif path.startswith('backbone/'):
-      assert label == train.BACKBONE and changed, path
+      assert label == optim.BACKBONE and changed, path
     else:
-      assert label == train.TRAINED, path
+      assert label == optim.TRAINED, path
   # Frozen BatchNorm statistics stay; the neck's trainable ones move.
   for path in b0:
     same = np.array_equal(b0[path], b1[path])
     assert same == path.startswith('backbone/'), path
   # No optimizer state is kept for frozen parameters.
-  n_frozen = sum(1 for l in labels.values() if l == train.FROZEN)
+  n_frozen = sum(1 for l in labels.values() if l == optim.FROZEN)
   n_state = len(jax.tree.leaves(s.abstract_state.opt_state))
   n_params = len(labels)
   assert n_state < 2 * n_params - n_frozen, (n_state, n_params, n_frozen)
@@ -221,19 +223,12 @@ def test_resume_order_checkpoint_then_init_from_then_scratch(tiny_config, tmp_pa
   assert np.abs(stem5 - stem).max() < 0.2 * np.abs(stem5 - changed).max()
 
 
-def test_sync_batch_norm_is_the_global_batch_statistics(tiny_config):
-  """Under jit the batch is global: 'sync_batch_norm' runs (no unbound axis)
-  and computes what 'batch_norm' computes, statistics over all examples."""
-  model_config = tiny_config.model.copy_and_resolve_references()
-  with model_config.unlocked():
-    model_config.num_classes = 6
-  x = _batch(tiny_config)['image'][:4]
-  results = []
-  for kind in ('batch_norm', 'sync_batch_norm'):
-    model_config.norm = kind
-    model = detector_lib.build(model_config, train=True)
-    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-    out, stats = jax.jit(lambda v: model.apply(v, x, mutable=['batch_stats']))(variables)
-    results.append(jax.tree.leaves((out, stats)))
-  for a, b in zip(*results):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+def test_removed_sync_batch_norm_is_refused_with_the_reason(tiny_config):
+  """'sync_batch_norm' built exactly 'batch_norm' (under jit on the global
+  batch, BatchNorm statistics already span every device): it is gone, and a
+  config still naming it says what to use."""
+  tiny_config.model.norm = 'sync_batch_norm'
+  with pytest.raises(errors.ConfigError,
+                     match=r"norm='sync_batch_norm'.*'batch_norm' is "
+                     'cross-replica already'):
+    train.build_setup(tiny_config, CLASSES, 10)

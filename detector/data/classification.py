@@ -41,14 +41,16 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detector import errors
-from detector.data import pipeline
+from detector.data import augment
+from detector.data import loading
 from detector.data import preprocess
 
 AUGMENTATIONS = ('random_resized_crop', 'hflip', 'color_jitter')
 
 
-def check_augmentations(config):
-  pipeline.check_augmentations(config, known=AUGMENTATIONS)
+def check_config(config: ml_collections.ConfigDict):
+  """Raises ConfigError for input settings the pipeline cannot run."""
+  loading.check_augmentations(config, AUGMENTATIONS)
   lo, hi = config.input.crop_scale
   if not 0 < lo <= hi <= 1:
     raise errors.ConfigError(f'config.input.crop_scale={(lo, hi)}: need '
@@ -75,6 +77,12 @@ def class_names(builder, label_key: str = 'label', spec: Optional[str] = None):
         f'feature config.label_key={label_key!r}; its features are '
         f'{sorted(features.keys())}.{hint}')
   return list(feature.names)
+
+
+def category_ids(builder, names):
+  """Class i is category i (a classifier's files name classes, not ids)."""
+  del builder
+  return list(range(len(names)))
 
 
 def _decoder(label_key):
@@ -111,8 +119,8 @@ def center_crop(image, size, fraction=0.875):
 
 
 def _train_map(config):
-  size = tuple(config.input.image_size)
-  augment = tuple(config.input.augmentations)
+  size = tuple(config.image_size)
+  augment_names = tuple(config.input.augmentations)
   seed = config.seed
 
   def fn(index, example):
@@ -120,17 +128,17 @@ def _train_map(config):
         tf.constant([seed, 0], tf.int64), index)
     seeds = tf.random.experimental.stateless_split(example_seed, 3)
     image = example['image']
-    if 'random_resized_crop' in augment:
+    if 'random_resized_crop' in augment_names:
       image = random_resized_crop(image, size, seeds[0],
                                   tuple(config.input.crop_scale),
                                   tuple(config.input.crop_aspect_ratio))
     else:
       image = tf.image.resize(image, size, method='bilinear', antialias=True)
-    if 'hflip' in augment:
+    if 'hflip' in augment_names:
       image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-    if 'color_jitter' in augment:
+    if 'color_jitter' in augment_names:
       c = config.input.color_jitter
-      image = preprocess.random_color_jitter(
+      image = augment.random_color_jitter(
           image, seeds[2], brightness=c.brightness, contrast=c.contrast,
           saturation=c.saturation)
     image = tf.ensure_shape(preprocess.to_uint8(image), size + (3,))
@@ -141,9 +149,9 @@ def _train_map(config):
 def train_dataset(config: ml_collections.ConfigDict, builder,
                   start_step: int = 0) -> tf.data.Dataset:
   """The endless training stream of this process, from `start_step` on."""
-  check_augmentations(config)
-  return pipeline.training_stream(config, builder, _decoder(config.label_key),
-                                  _train_map(config), start_step)
+  check_config(config)
+  return loading.training_stream(config, builder, _decoder(config.label_key),
+                                 _train_map(config), start_step)
 
 
 def _shard_offset(builder, split):
@@ -160,7 +168,7 @@ def eval_batches(config: ml_collections.ConfigDict, builder, split: str,
   """This process's centre-cropped batches of `split`; every process yields
   as many (the last padded with example_mask=False), as in detection."""
   batch = (batch_size or config.eval_batch_size) // jax.process_count()
-  size = tuple(config.input.eval_image_size)
+  size = tuple(config.eval_image_size)
   decode = _decoder(config.label_key)
   offset = _shard_offset(builder, split)
 
@@ -171,9 +179,9 @@ def eval_batches(config: ml_collections.ConfigDict, builder, split: str,
             'label': example['label'], 'index': index + offset,
             'example_mask': tf.constant(True)}
 
-  return pipeline.process_batches(builder, split, batch, fn,
-                                  lambda b: pad_batch(b, batch, size),
-                                  with_index=True)
+  return loading.process_batches(builder, split, batch, fn,
+                                 lambda b: pad_batch(b, batch, size),
+                                 with_index=True)
 
 
 def pad_batch(batch, batch_size, image_size):

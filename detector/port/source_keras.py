@@ -91,7 +91,7 @@ import io
 import os
 import re
 import zipfile
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -239,9 +239,9 @@ def _read_h5(f, path) -> Dict[str, np.ndarray]:
 
 def read(path: str) -> Dict[str, np.ndarray]:
   """A Keras weights file (see the module docstring) as {name: array}."""
-  import h5py  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise errors.ConfigError(f'--input={path}: no such file')
+  h5py = common.require('h5py', 'h5py', 'Reading Keras weights files')
   source = path
   if zipfile.is_zipfile(path):  # A `.keras` archive.
     with zipfile.ZipFile(path) as archive:
@@ -265,7 +265,7 @@ def read(path: str) -> Dict[str, np.ndarray]:
 
 def model_tensors(model) -> Dict[str, np.ndarray]:
   """A built Keras model's variables, named as `read` names them."""
-  import keras  # pylint: disable=g-import-not-at-top
+  keras = common.require('keras', 'keras', 'Reading a Keras model')
   tensors = {}
   for layer in model.layers:
     for variable in layer.weights:
@@ -276,7 +276,7 @@ def model_tensors(model) -> Dict[str, np.ndarray]:
 
 def download(arch: str):
   """keras.applications' ImageNet weights for `arch` (needs internet)."""
-  import keras  # pylint: disable=g-import-not-at-top
+  keras = common.require('keras', 'keras', '--source=keras without --input')
   model = getattr(keras.applications, arch)(weights='imagenet')
   return model_tensors(model), f'keras.applications.{arch}(weights="imagenet")'
 
@@ -307,8 +307,10 @@ def conv_or_norm(base: str, kind: str, field: str):
   return common.BAD
 
 
-def resnet_target(name: str):
-  """keras.applications ResNet tensor name -> (collection, path) or BAD."""
+def resnet_target(name: str, spec: Optional[common.Spec] = None):
+  """keras.applications ResNet tensor name -> (collection, path) or BAD (the
+  same for every depth: `spec` is ignored)."""
+  del spec
   m = re.fullmatch(r'conv1_(conv|bn)/(\w+)', name)
   if m:
     return conv_or_norm('stem', *m.groups())
@@ -330,9 +332,11 @@ _EFFICIENTNET_PARTS = {  # Block layer suffix -> (our module, kind).
     'project_conv': ('project', 'conv'), 'project_bn': ('project', 'bn')}
 
 
-def efficientnet_target(name: str):
+def efficientnet_target(name: str, spec: Optional[common.Spec] = None):
   """keras.applications EfficientNet tensor name -> (collection, path), None,
-  a Constant (the Normalization layer) or BAD."""
+  a Constant (the Normalization layer) or BAD (the same for every variant:
+  `spec` is ignored)."""
+  del spec
   m = re.fullmatch(r'normalization(_\d+)?/(\w+)', name)
   if m:
     return _NORMALIZATION.get(m.group(2), common.BAD)
@@ -358,10 +362,5 @@ def efficientnet_target(name: str):
   return common.BAD
 
 
-def target(name: str, arch: str):
-  spec = ARCHS[arch]
-  if spec.backbone == 'resnet':
-    return resnet_target(name)
-  if spec.backbone == 'efficientnet':
-    return efficientnet_target(name)
-  raise AssertionError(spec.backbone)
+target = common.by_backbone(ARCHS, resnet=resnet_target,
+                            efficientnet=efficientnet_target)

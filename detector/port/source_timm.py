@@ -129,58 +129,45 @@ def download(arch: str):
     raise errors.ConfigError(
         f'--arch={arch}: timm has no ImageNet weights for it; pass '
         '--input=FILE (a timm state dict)')
-  import timm  # pylint: disable=g-import-not-at-top
+  timm = common.require('timm', 'timm', '--source=timm without --input')
   name = f'{arch}.{_TAGS[arch]}'
   model = timm.create_model(name, pretrained=True)
   tensors = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
   return tensors, f'timm.create_model("{name}", pretrained=True)'
 
 
-_FIELD = {'weight': 'kernel', 'bias': 'bias'}  # Linear / 1x1 conv tensors.
+# PyTorch module -> (our path, kind) for `common.torch_tensor`: the stem,
+# head and classifier; the parts of stage 1's DepthwiseSeparable blocks and
+# of the other stages' InvertedResidual blocks.
+_ENDS = {'conv_stem': ('stem', 'conv'), 'bn1': ('stem', 'norm'),
+         'conv_head': ('head', 'conv'), 'bn2': ('head', 'norm'),
+         'classifier': ('classifier', 'linear')}
+_SE = {'se.conv_reduce': ('se/reduce', 'linear'),
+       'se.conv_expand': ('se/expand', 'linear')}
+_SEPARABLE = {'conv_dw': ('depthwise', 'conv'), 'bn1': ('depthwise', 'norm'),
+              'conv_pw': ('project', 'conv'), 'bn2': ('project', 'norm'), **_SE}
+_INVERTED = {'conv_pw': ('expand', 'conv'), 'bn1': ('expand', 'norm'),
+             'conv_dw': ('depthwise', 'conv'), 'bn2': ('depthwise', 'norm'),
+             'conv_pwl': ('project', 'conv'), 'bn3': ('project', 'norm'), **_SE}
 
-# Block part -> (our module, is conv), for the DepthwiseSeparable block of
-# stage 1 and the InvertedResidual blocks of the others.
-_SEPARABLE = {'conv_dw': ('depthwise', True), 'bn1': ('depthwise', False),
-              'conv_pw': ('project', True), 'bn2': ('project', False)}
-_INVERTED = {'conv_pw': ('expand', True), 'bn1': ('expand', False),
-             'conv_dw': ('depthwise', True), 'bn2': ('depthwise', False),
-             'conv_pwl': ('project', True), 'bn3': ('project', False)}
 
-
-def efficientnet_target(name: str, variant: str):
+@common.torch_target(_ENDS)
+def efficientnet_target(name: str, spec: common.Spec):
   """timm EfficientNet tensor name -> (collection, path), None or BAD."""
-  if name.endswith('num_batches_tracked'):
-    return None
-  m = re.fullmatch(r'(conv_stem|bn1|conv_head|bn2)\.(\w+)', name)
-  if m:
-    part, field = m.groups()
-    base = 'stem' if part in ('conv_stem', 'bn1') else 'head'
-    return common.conv_or_norm(base, part.startswith('conv'), field)
   m = re.fullmatch(r'blocks\.(\d+)\.(\d+)\.([\w.]+?)\.(\w+)', name)
-  if m:
-    stage, block, part, field = int(m.group(1)), *m.groups()[1:]
-    stages = efficientnet.stages(variant)
-    if stage >= len(stages):
-      return common.BAD
-    base = f'stage{stage + 1}_block{block}'
-    parts = _SEPARABLE if stages[stage].expansion == 1 else _INVERTED
-    if part in parts:
-      sub, is_conv = parts[part]
-      return common.conv_or_norm(f'{base}/{sub}', is_conv, field)
-    if part in ('se.conv_reduce', 'se.conv_expand') and field in ('weight',
-                                                                  'bias'):
-      return 'params', f'{base}/se/{part[len("se.conv_"):]}/{_FIELD[field]}'
+  if not m:
     return common.BAD
-  m = re.fullmatch(r'classifier\.(weight|bias)', name)
-  if m:
-    return 'params', f'classifier/{_FIELD[m.group(1)]}'
-  return common.BAD
+  stage, block, part, field = int(m.group(1)), *m.groups()[1:]
+  stages = efficientnet.stages(spec.kwargs['variant'])
+  if stage >= len(stages):
+    return common.BAD
+  parts = _SEPARABLE if stages[stage].expansion == 1 else _INVERTED
+  if part not in parts:
+    return common.BAD
+  sub, kind = parts[part]
+  return common.torch_tensor(f'stage{stage + 1}_block{block}/{sub}', kind,
+                             field)
 
 
-def target(name: str, arch: str):
-  spec = ARCHS[arch]
-  if spec.backbone == 'resnet':
-    return source_torchvision.resnet_target(name)
-  if spec.backbone == 'efficientnet':
-    return efficientnet_target(name, spec.kwargs['variant'])
-  raise AssertionError(spec.backbone)
+target = common.by_backbone(ARCHS, resnet=source_torchvision.resnet_target,
+                            efficientnet=efficientnet_target)

@@ -19,8 +19,7 @@ BatchNorm weight/bias/running_mean/running_var become scale/bias/mean/var;
 """
 
 import re
-from typing import Dict
-
+from typing import Dict, Optional
 
 from detector.port import common
 
@@ -58,19 +57,28 @@ read = common.read_torch
 
 def download(arch: str):
   """torchvision's default ImageNet weights for `arch` (needs internet)."""
-  import torchvision  # pylint: disable=g-import-not-at-top
+  torchvision = common.require('torchvision', 'torchvision',
+                               '--source=torchvision without --input')
   model = torchvision.models.get_model(arch, weights='DEFAULT')
   tensors = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
   return tensors, f'torchvision.models.{arch}(weights="DEFAULT")'
 
 
-def resnet_target(name: str):
-  """torchvision/timm ResNet tensor name -> (collection, path), None or BAD."""
-  if name.endswith('num_batches_tracked'):
-    return None
-  m = re.fullmatch(r'(conv1|bn1)\.(\w+)', name)
-  if m:
-    return common.conv_or_norm('stem', m.group(1) == 'conv1', m.group(2))
+# PyTorch module -> (our path, kind) for `common.torch_tensor`.
+_RESNET_ENDS = {'conv1': ('stem', 'conv'), 'bn1': ('stem', 'norm'),
+                'fc': ('classifier', 'linear')}
+_EFFICIENTNET_ENDS = {'features.0.0': ('stem', 'conv'),
+                      'features.0.1': ('stem', 'norm'),
+                      'features.8.0': ('head', 'conv'),
+                      'features.8.1': ('head', 'norm'),
+                      'classifier.1': ('classifier', 'linear')}
+
+
+@common.torch_target(_RESNET_ENDS)
+def resnet_target(name: str, spec: Optional[common.Spec] = None):
+  """torchvision/timm ResNet tensor name -> (collection, path), None or BAD
+  (the same for every depth: `spec` is ignored)."""
+  del spec
   m = re.fullmatch(r'layer(\d)\.(\d+)\.(conv|bn)(\d)\.(\w+)', name)
   if m:
     stage, block, kind, k, field = m.groups()
@@ -81,20 +89,14 @@ def resnet_target(name: str):
     stage, block, index, field = m.groups()
     return common.conv_or_norm(
         f'stage{int(stage) + 1}_block{block}/downsample', index == '0', field)
-  m = re.fullmatch(r'fc\.(weight|bias)', name)
-  if m:
-    return 'params', 'classifier/' + ('kernel' if m.group(1) == 'weight' else 'bias')
   return common.BAD
 
 
-def efficientnet_target(name: str):
-  """torchvision EfficientNet tensor name -> (collection, path), None or BAD."""
-  if name.endswith('num_batches_tracked'):
-    return None
-  m = re.fullmatch(r'features\.(0|8)\.([01])\.(\w+)', name)
-  if m:
-    base = 'stem' if m.group(1) == '0' else 'head'
-    return common.conv_or_norm(base, m.group(2) == '0', m.group(3))
+@common.torch_target(_EFFICIENTNET_ENDS)
+def efficientnet_target(name: str, spec: Optional[common.Spec] = None):
+  """torchvision EfficientNet tensor name -> (collection, path), None or BAD
+  (block k counts from the stage's first part, so `spec` is not needed)."""
+  del spec
   m = re.fullmatch(r'features\.([1-7])\.(\d+)\.block\.(\d)\.(0|1|fc1|fc2)\.(\w+)',
                    name)
   if m:
@@ -108,21 +110,11 @@ def efficientnet_target(name: str):
     if (parts[int(k)] == 'se') != part.startswith('fc'):
       return common.BAD
     if part.startswith('fc'):
-      if field not in ('weight', 'bias'):
-        return common.BAD
-      return 'params', (f'{base}/{"reduce" if part == "fc1" else "expand"}/'
-                        f'{"kernel" if field == "weight" else "bias"}')
+      return common.torch_tensor(
+          f'{base}/{"reduce" if part == "fc1" else "expand"}', 'linear', field)
     return common.conv_or_norm(base, part == '0', field)
-  m = re.fullmatch(r'classifier\.1\.(weight|bias)', name)
-  if m:
-    return 'params', 'classifier/' + ('kernel' if m.group(1) == 'weight' else 'bias')
   return common.BAD
 
 
-def target(name: str, arch: str):
-  spec = ARCHS[arch]
-  if spec.backbone == 'resnet':
-    return resnet_target(name)
-  if spec.backbone == 'efficientnet':
-    return efficientnet_target(name)
-  raise AssertionError(spec.backbone)
+target = common.by_backbone(ARCHS, resnet=resnet_target,
+                            efficientnet=efficientnet_target)

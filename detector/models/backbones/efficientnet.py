@@ -180,6 +180,7 @@ class MBConv(nn.Module):
   drop_rate: float = 0.0
   deterministic: bool = True
   dtype: Any = jnp.float32
+  depthwise_impl: str = 'auto'  # layers.DepthwiseConv.impl.
 
   @nn.compact
   def __call__(self, x):
@@ -194,7 +195,9 @@ class MBConv(nn.Module):
                            padding=_padding(self.padding, self.kernel),
                            feature_group_count=y.shape[-1], norm=self.norm,
                            act=self.act, dtype=self.dtype,
-                           kernel_init=_DEPTHWISE_INIT, name='depthwise')(y)
+                           kernel_init=_DEPTHWISE_INIT,
+                           depthwise_impl=self.depthwise_impl,
+                           name='depthwise')(y)
     if self.squeeze is not None:
       y = SqueezeExcite(self.squeeze, self.act, dtype=self.dtype, name='se')(y)
     y = layers.ConvNormAct(self.channels, kernel_size=1, padding='VALID',
@@ -221,6 +224,7 @@ class EfficientNet(nn.Module):
   drop_connect_rate: float = 0.2
   dropout_rate: Optional[float] = None  # Before the classifier; None: the variant's.
   deterministic: bool = True  # False: stochastic depth and dropout ('dropout' rng).
+  depthwise_impl: str = 'auto'  # layers.DepthwiseConv.impl.
 
   levels = (2, 3, 4, 5)
 
@@ -247,6 +251,7 @@ class EfficientNet(nn.Module):
                    act=act, norm=self.norm, padding=self.padding,
                    drop_rate=self.drop_connect_rate * index / total,
                    deterministic=self.deterministic, dtype=self.dtype,
+                   depthwise_impl=self.depthwise_impl,
                    name=f'stage{s}_block{j}')(x)
         index += 1
       for level, level_stage in LEVEL_STAGES.items():

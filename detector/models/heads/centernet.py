@@ -3,9 +3,9 @@
 Outputs, on pyramid level `level` (stride s = 2**level) of size [h, w]:
   `heatmap`: [B, h, w, C] logits; a cell's class score is the probability that an
     object of that class has its centre in the cell.
-  `ltrb`: [B, h, w, 4] non-negative distances in input pixels from the cell's
-    centre ((y + 0.5) s, (x + 0.5) s) to the box's left, top, right and bottom
-    edges (stored in the order top, left, bottom, right to match yxyx boxes).
+  `tlbr`: [B, h, w, 4] non-negative distances in input pixels from the cell's
+    centre ((y + 0.5) s, (x + 0.5) s) to the box's top, left, bottom and
+    right edges (the order of yxyx boxes).
 
 Training targets (Zhou et al. 2019 for the heatmap; Liu et al. 2019, TTFNet,
 for the box regression), computed inside the jitted step from the padded
@@ -20,62 +20,57 @@ ground truth:
 Both losses are normalised by the number of boxes in the global batch.
 """
 
+import dataclasses
 import math
-from typing import Any, Optional
+from typing import Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from detector import errors
 from detector.models import layers
+from detector.models.heads import base
 from detector.ops import losses
 
+NAME = 'centernet'
 
-class Head(nn.Module):
-  """Pyramid features {level: [B, h, w, C]} -> {'heatmap', 'ltrb'} (float32)."""
-  num_classes: int
-  level: int = 2
-  width: int = 64           # Channels of the convs in each branch.
-  num_convs: int = 1        # 3x3 conv-norm-relu layers in each branch.
-  shared_convs: bool = False  # One conv tower feeding both outputs.
-  output_kernel: int = 3    # Kernel size of the two output convs.
-  norm: Optional[layers.ModuleDef] = None
-  prior_prob: float = 0.01  # Initial heatmap probability (focal-loss prior).
-  box_scale: float = 16.0   # ltrb = softplus(raw) * box_scale pixels.
-  dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, features):
-    if self.level not in features:
-      raise errors.ConfigError(f'centernet head reads level {self.level}, the neck '
-                       f'returns {sorted(features)}: set neck.min_level <= '
-                       f'{self.level}')
-    x = features[self.level]
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """`config.model.centernet`: architecture, loss and decoding."""
+  level: int = 2              # Pyramid level read (stride 2**level).
+  width: int = 64             # Channels of the convs in each branch.
+  num_convs: int = 1          # 3x3 conv-norm-relu layers in each branch.
+  shared_convs: bool = True   # One conv tower feeding both outputs.
+  output_kernel: int = 1      # Kernel size of the two output convs.
+  use_norm: bool = True       # The towers' convs get config.model.norm.
+  prior_prob: float = 0.01    # Initial heatmap probability (focal-loss prior).
+  box_scale: float = 16.0     # tlbr = softplus(raw) * box_scale pixels.
+  gaussian_alpha: float = 0.54  # Heatmap Gaussian size relative to the box.
+  box_loss_weight: float = 5.0
+  topk: int = 100             # Heatmap peaks decoded per image.
 
-    def tower(name):
-      y = x
-      for i in range(self.num_convs):
-        y = layers.ConvNormAct(self.width, norm=self.norm, dtype=self.dtype,
-                               name=f'{name}_conv{i}')(y)
-      return y
+  def __post_init__(self):
+    _check_positive(self, 'width', 'output_kernel', 'box_scale',
+                    'gaussian_alpha', 'topk')
+    if self.num_convs < 0 or self.box_loss_weight < 0:
+      raise errors.ConfigError(f'config.model.{NAME}: num_convs and '
+                               'box_loss_weight must be >= 0')
+    if not 0 < self.prior_prob < 1:
+      raise errors.ConfigError(f'config.model.{NAME}.prior_prob='
+                               f'{self.prior_prob}: must be in (0, 1)')
 
-    def output(y, name, out, bias_init):
-      k = self.output_kernel
-      return nn.Conv(out, (k, k), padding='SAME', dtype=self.dtype,
-                     param_dtype=jnp.float32,
-                     kernel_init=nn.initializers.normal(0.01),
-                     bias_init=bias_init, name=f'{name}_out')(y)
+  @property
+  def levels(self) -> Tuple[int, ...]:
+    return (self.level,)
 
-    heat_in = tower('shared' if self.shared_convs else 'heatmap')
-    box_in = heat_in if self.shared_convs else tower('box')
-    prior = -math.log((1 - self.prior_prob) / self.prior_prob)
-    heatmap = output(heat_in, 'heatmap', self.num_classes,
-                     nn.initializers.constant(prior))
-    ltrb = output(box_in, 'box', 4, nn.initializers.zeros)
-    ltrb = nn.softplus(ltrb.astype(jnp.float32)) * self.box_scale
-    return {'heatmap': heatmap.astype(jnp.float32), 'ltrb': ltrb}
+
+def _check_positive(options, *names):
+  for name in names:
+    if not getattr(options, name) > 0:
+      raise errors.ConfigError(f'config.model.{NAME}.{name}='
+                               f'{getattr(options, name)}: must be > 0')
 
 
 def _cell_centres(h, w, stride):
@@ -84,14 +79,118 @@ def _cell_centres(h, w, stride):
   return ys, xs
 
 
-def _ltrb_to_boxes(ltrb, stride):
+def _tlbr_to_boxes(tlbr, stride):
   """[..., h, w, 4] distances -> [..., h, w, 4] yxyx pixel boxes."""
-  h, w = ltrb.shape[-3:-1]
+  h, w = tlbr.shape[-3:-1]
   ys, xs = _cell_centres(h, w, stride)
   cy = ys[:, None]
   cx = xs[None, :]
-  return jnp.stack([cy - ltrb[..., 0], cx - ltrb[..., 1],
-                    cy + ltrb[..., 2], cx + ltrb[..., 3]], axis=-1)
+  return jnp.stack([cy - tlbr[..., 0], cx - tlbr[..., 1],
+                    cy + tlbr[..., 2], cx + tlbr[..., 3]], axis=-1)
+
+
+class Head(base.Head):
+  """Pyramid features {level: [B, h, w, C]} -> {'heatmap', 'tlbr'} (float32)."""
+  options: Options = Options()
+
+  @nn.compact
+  def __call__(self, features):
+    o = self.options
+    x = features[o.level]
+    norm = self.conv_norm()
+
+    def tower(name):
+      y = x
+      for i in range(o.num_convs):
+        y = layers.ConvNormAct(o.width, norm=norm, dtype=self.dtype,
+                               name=f'{name}_conv{i}')(y)
+      return y
+
+    def output(y, name, out, bias_init):
+      k = o.output_kernel
+      return nn.Conv(out, (k, k), padding='SAME', dtype=self.dtype,
+                     param_dtype=jnp.float32,
+                     kernel_init=nn.initializers.normal(0.01),
+                     bias_init=bias_init, name=f'{name}_out')(y)
+
+    heat_in = tower('shared' if o.shared_convs else 'heatmap')
+    box_in = heat_in if o.shared_convs else tower('box')
+    prior = -math.log((1 - o.prior_prob) / o.prior_prob)
+    heatmap = output(heat_in, 'heatmap', self.num_classes,
+                     nn.initializers.constant(prior))
+    tlbr = output(box_in, 'box', 4, nn.initializers.zeros)
+    tlbr = nn.softplus(tlbr.astype(jnp.float32)) * o.box_scale
+    return {'heatmap': heatmap.astype(jnp.float32), 'tlbr': tlbr}
+
+  def loss(self, outputs, batch):
+    """Heatmap focal loss + weighted GIoU box loss (the module docstring).
+
+    Returns:
+      (scalar loss, {'heatmap_loss', 'box_loss', 'normalizer'}): both terms
+      are sums over the batch divided by max(normalizer, 1), the number of
+      boxes (gradient accumulation rebuilds a whole batch's loss from it).
+    """
+    o = self.options
+    heat_logits = outputs['heatmap']
+    _, h, w, c = heat_logits.shape
+    stride = 2 ** o.level
+    heatmap, box_targets, box_weights = jax.vmap(
+        lambda bx, lb, m: targets_one_image(bx, lb, m, c, (h, w), stride,
+                                            alpha=o.gaussian_alpha))(
+                                                batch['boxes'], batch['labels'],
+                                                batch['box_mask'])
+    count = batch['box_mask'].sum().astype(jnp.float32)
+    num_boxes = jnp.maximum(count, 1.0)
+    heat_loss = losses.gaussian_focal_loss(heat_logits, heatmap).sum() / num_boxes
+    pred_boxes = _tlbr_to_boxes(outputs['tlbr'], stride)
+    giou = losses.giou_loss(pred_boxes, box_targets)
+    box_loss = (giou * box_weights).sum() / num_boxes
+    total = heat_loss + o.box_loss_weight * box_loss
+    return total, {'heatmap_loss': heat_loss, 'box_loss': box_loss,
+                   'normalizer': count}
+
+  def merge_flipped(self, outputs, flipped, image_size):
+    """Averages the outputs for images and for their horizontal mirror images.
+
+    `flipped` holds the head's outputs for `images[:, :, ::-1]`. Mirrored
+    back, its cell x sits over cell w - 1 - x (cell centres are symmetric
+    about the middle of the padded input) and its left and right distances
+    swap places. Heatmaps are averaged as probabilities, as in CenterNet's
+    flip test.
+    """
+    del image_size  # The cell grid is the outputs' own.
+    heat = 0.5 * (jax.nn.sigmoid(outputs['heatmap'])
+                  + jax.nn.sigmoid(flipped['heatmap'][:, :, ::-1]))
+    heat = jnp.clip(heat, 1e-7, 1 - 1e-7)
+    tlbr_back = flipped['tlbr'][:, :, ::-1][..., jnp.array([0, 3, 2, 1])]
+    return {'heatmap': jnp.log(heat) - jnp.log1p(-heat),
+            'tlbr': 0.5 * (outputs['tlbr'] + tlbr_back)}
+
+  def decode(self, outputs, image_size):
+    """Top-k heatmap peaks -> candidate boxes (before NMS).
+
+    A cell is a peak when its score is the maximum of its 3x3 neighbourhood
+    for that class; the `topk` highest peaks are returned.
+
+    Returns:
+      dict of `boxes` [B, k, 4] yxyx input pixels, `scores` [B, k] in [0, 1],
+      `classes` [B, k] int32, `valid` [B, k] bool.
+    """
+    del image_size  # Boxes come from the cells' own positions.
+    o = self.options
+    heat = jax.nn.sigmoid(outputs['heatmap'])
+    b, h, w, c = heat.shape
+    pooled = jax.lax.reduce_window(heat, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
+                                   (1, 1, 1, 1), 'SAME')
+    heat = jnp.where(heat == pooled, heat, 0.)
+    k = min(o.topk, h * w * c)
+    scores, idx = jax.lax.top_k(heat.reshape(b, -1), k)
+    cell = idx // c
+    classes = (idx % c).astype(jnp.int32)
+    boxes = _tlbr_to_boxes(outputs['tlbr'], 2 ** o.level).reshape(b, h * w, 4)
+    boxes = jnp.take_along_axis(boxes, cell[..., None], axis=1)
+    return {'boxes': boxes, 'scores': scores, 'classes': classes,
+            'valid': scores > 0}
 
 
 def targets_one_image(boxes, labels, mask, num_classes, feature_size, stride,
@@ -140,80 +239,3 @@ def targets_one_image(boxes, labels, mask, num_classes, feature_size, stride,
   box_weights = jnp.max(region, axis=0)
   box_targets = boxes[best]
   return heatmap, box_targets, box_weights
-
-
-def loss(outputs, batch, config: ml_collections.ConfigDict):
-  """Heatmap focal loss + weighted GIoU box loss; see the module docstring.
-
-  Args:
-    outputs: the head's outputs for the batch.
-    batch: dict with `boxes` [B, K, 4] yxyx input pixels, `labels` [B, K] and
-      `box_mask` [B, K].
-    config: `config.model` (uses `centernet.*` and `num_classes`).
-
-  Returns:
-    (scalar loss, {'heatmap_loss', 'box_loss', 'normalizer'}): both terms are
-    sums over the batch divided by max(normalizer, 1), the number of boxes
-    (gradient accumulation rebuilds a whole batch's loss from it).
-  """
-  cfg = config.centernet
-  heat_logits = outputs['heatmap']
-  b, h, w, c = heat_logits.shape
-  stride = 2 ** cfg.level
-  heatmap, box_targets, box_weights = jax.vmap(
-      lambda bx, lb, m: targets_one_image(bx, lb, m, c, (h, w), stride,
-                                          alpha=cfg.gaussian_alpha))(
-                                              batch['boxes'], batch['labels'],
-                                              batch['box_mask'])
-  count = batch['box_mask'].sum().astype(jnp.float32)
-  num_boxes = jnp.maximum(count, 1.0)
-  heat_loss = losses.gaussian_focal_loss(heat_logits, heatmap).sum() / num_boxes
-  pred_boxes = _ltrb_to_boxes(outputs['ltrb'], stride)
-  giou = losses.giou_loss(pred_boxes, box_targets)
-  box_loss = (giou * box_weights).sum() / num_boxes
-  total = heat_loss + cfg.box_loss_weight * box_loss
-  return total, {'heatmap_loss': heat_loss, 'box_loss': box_loss,
-                 'normalizer': count}
-
-
-def merge_flipped(outputs, flipped, config: ml_collections.ConfigDict):
-  """Averages the outputs for images and for their horizontal mirror images.
-
-  `flipped` holds the head's outputs for `images[:, :, ::-1]`. Mirrored back,
-  its cell x sits over cell w - 1 - x (cell centres are symmetric about the
-  middle of the padded input) and its left and right distances swap places.
-  Heatmaps are averaged as probabilities, as in CenterNet's flip test.
-  """
-  del config
-  heat = 0.5 * (jax.nn.sigmoid(outputs['heatmap'])
-                + jax.nn.sigmoid(flipped['heatmap'][:, :, ::-1]))
-  heat = jnp.clip(heat, 1e-7, 1 - 1e-7)
-  ltrb_back = flipped['ltrb'][:, :, ::-1][..., jnp.array([0, 3, 2, 1])]
-  return {'heatmap': jnp.log(heat) - jnp.log1p(-heat),
-          'ltrb': 0.5 * (outputs['ltrb'] + ltrb_back)}
-
-
-def decode(outputs, config: ml_collections.ConfigDict):
-  """Top-k heatmap peaks -> candidate boxes (before NMS).
-
-  A cell is a peak when its score is the maximum of its 3x3 neighbourhood for
-  that class; the `config.centernet.topk` highest peaks are returned.
-
-  Returns:
-    dict of `boxes` [B, k, 4] yxyx input pixels, `scores` [B, k] in [0, 1],
-    `classes` [B, k] int32, `valid` [B, k] bool.
-  """
-  cfg = config.centernet
-  heat = jax.nn.sigmoid(outputs['heatmap'])
-  b, h, w, c = heat.shape
-  pooled = jax.lax.reduce_window(heat, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
-                                 (1, 1, 1, 1), 'SAME')
-  heat = jnp.where(heat == pooled, heat, 0.)
-  k = min(cfg.topk, h * w * c)
-  scores, idx = jax.lax.top_k(heat.reshape(b, -1), k)
-  cell = idx // c
-  classes = (idx % c).astype(jnp.int32)
-  boxes = _ltrb_to_boxes(outputs['ltrb'], 2 ** cfg.level).reshape(b, h * w, 4)
-  boxes = jnp.take_along_axis(boxes, cell[..., None], axis=1)
-  return {'boxes': boxes, 'scores': scores, 'classes': classes,
-          'valid': scores > 0}

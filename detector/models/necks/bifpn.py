@@ -41,6 +41,7 @@ this way raise a ConfigError naming them); EfficientDet itself uses sizes
 divisible by 2**max_level, and so do this repo's anchors.
 """
 
+import functools
 import math
 from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Union
 
@@ -173,6 +174,7 @@ class FusionNode(nn.Module):
   fusion: str = 'fast'
   pool_padding: str = 'same'
   dtype: Any = jnp.float32
+  depthwise_impl: str = 'auto'  # layers.DepthwiseConv.impl.
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array], resize: Sequence[str]):
@@ -194,7 +196,8 @@ class FusionNode(nn.Module):
     x = layers.DepthwiseConv(self.width, 3, padding='SAME', use_bias=False,
                              kernel_init=nn.initializers.variance_scaling(
                                  1.0, 'fan_in', 'normal'),
-                             dtype=self.dtype, name='depthwise')(x)
+                             impl=self.depthwise_impl, dtype=self.dtype,
+                             name='depthwise')(x)
     return layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                               act=None, dtype=self.dtype,
                               name='pointwise')(x)
@@ -202,21 +205,12 @@ class FusionNode(nn.Module):
 
 class BiFPNLayer(nn.Module):
   """One top-down + bottom-up pass over consecutive levels {lo..hi: features}."""
-  width: int
-  norm: Optional[layers.ModuleDef] = None
-  act: Callable[[jax.Array], jax.Array] = nn.swish
-  fusion: str = 'fast'
-  pool_padding: str = 'same'
-  dtype: Any = jnp.float32
+  node: Callable[..., FusionNode]  # FusionNode with its settings, but `name`.
 
   @nn.compact
   def __call__(self, p: Dict[int, jax.Array]) -> Dict[int, jax.Array]:
     lo, hi = min(p), max(p)
-
-    def node(name):
-      return FusionNode(self.width, norm=self.norm, act=self.act,
-                        fusion=self.fusion, pool_padding=self.pool_padding,
-                        dtype=self.dtype, name=name)
+    node = lambda name: self.node(name=name)
 
     td = {hi: p[hi]}
     for level in range(hi - 1, lo - 1, -1):
@@ -241,6 +235,7 @@ class BiFPN(nn.Module):
   fusion: str = 'fast'     # 'fast' (normalised), 'softmax' or 'sum'.
   pool_padding: str = 'same'  # Max pooling: 'same' (TF) or 'symmetric' (effdet).
   dtype: Any = jnp.float32
+  depthwise_impl: str = 'auto'  # layers.DepthwiseConv.impl.
 
   def _check(self, features):
     if self.fusion not in FUSIONS:
@@ -294,8 +289,10 @@ class BiFPN(nn.Module):
             f'up), got level sizes {sizes}: level {level} is {sizes[level]}, '
             f'expected {expected}. Use input sizes divisible by '
             f'2**max_level = {2 ** self.max_level}')
+    node = functools.partial(
+        FusionNode, self.width, norm=self.norm, act=act, fusion=self.fusion,
+        pool_padding=self.pool_padding, dtype=self.dtype,
+        depthwise_impl=self.depthwise_impl)
     for i in range(self.repeats):
-      p = BiFPNLayer(self.width, norm=self.norm, act=act, fusion=self.fusion,
-                     pool_padding=self.pool_padding, dtype=self.dtype,
-                     name=f'layer{i}')(p)
+      p = BiFPNLayer(node, name=f'layer{i}')(p)
     return p

@@ -9,7 +9,12 @@ for image classification (`configs/classify.py`); both share the data,
 norm, optimizer and loop settings defined once below.
 """
 
+import dataclasses
+
 import ml_collections
+
+from detector.models.heads import centernet
+from detector.models.heads import retinanet
 
 
 def detection_config() -> ml_collections.ConfigDict:
@@ -50,16 +55,10 @@ def detection_config() -> ml_collections.ConfigDict:
   config.model.fpn = ml_collections.ConfigDict(dict(
       min_level=2, max_level=5, width=64, use_norm=True))
   config.model.head = 'centernet'     # 'centernet' or 'retinanet'.
-  config.model.centernet = ml_collections.ConfigDict(dict(
-      level=2, width=64, num_convs=1, shared_convs=True, output_kernel=1,
-      use_norm=True, prior_prob=0.01,
-      box_scale=16.0, gaussian_alpha=0.54, box_loss_weight=5.0, topk=100))
-  config.model.retinanet = ml_collections.ConfigDict(dict(
-      min_level=2, max_level=5, num_scales=3, aspect_ratios=(0.5, 1.0, 2.0),
-      anchor_scale=3.0, width=64, num_convs=2, prior_prob=0.01,
-      positive_iou=0.5, negative_iou=0.4, focal_alpha=0.25, focal_gamma=2.0,
-      box_loss='giou', huber_delta=0.1, box_loss_weight=2.0,
-      pre_nms_topk=1000))
+  # Each head's options and their defaults are its module's `Options`
+  # (detector/models/heads/<head>.py, with a comment per option).
+  config.model.centernet = _options(centernet.Options())
+  config.model.retinanet = _options(retinanet.Options())
   config.model.score_threshold = 0.05  # Detections below are not kept.
   config.model.nms_iou_threshold = 0.5
   config.model.max_detections = 100
@@ -82,8 +81,8 @@ def classification_config() -> ml_collections.ConfigDict:
   config.eval_image_size = (64, 64)   # The centre crop evaluated.
   # A TFDS classification dataset ('shapes_objects', 'imagenette',
   # 'oxford_iiit_pet', 'tf_flowers', 'cats_vs_dogs', ...) or 'folder:DIR'
-  # (class sub-folders; see detector/data/folders.py). Splits take TFDS's
-  # slicing syntax: 'train[:80%]'.
+  # (class sub-folders; see detector/data/formats/class_folder.py). Splits
+  # take TFDS's slicing syntax: 'train[:80%]'.
   _data(config, 'shapes_objects')
   config.label_key = 'label'          # The ClassLabel feature to predict.
   # folder:DIR without train/valid/test sub-folders: (train, validation,
@@ -121,8 +120,6 @@ def _data(config, dataset):
   config.eval_split = 'validation'   # Evaluated during and after training ('' skips).
   config.test_split = 'test'         # Written to workdir/eval/*_test.json ('' skips).
   config.input = ml_collections.ConfigDict()
-  config.input.image_size = config.get_ref('image_size')
-  config.input.eval_image_size = config.get_ref('eval_image_size')
 
 
 def _input_loading(config):
@@ -135,17 +132,22 @@ def _input_loading(config):
 def _model(config):
   """Settings of every model: classes, backbone, norms, dtype, pixel stats."""
   config.model = ml_collections.ConfigDict()
-  config.model.image_size = config.get_ref('image_size')
   config.model.num_classes = -1       # -1: from the dataset's metadata.
   # Each config sets `backbone` and a sub-config of that name (its module's
   # keyword arguments): config.model.backbone = 'cnn'; config.model.cnn = ...
   config.model.backbone = ''
-  config.model.norm = 'batch_norm'    # batch_norm | frozen_batch_norm | sync_batch_norm
+  # batch_norm | frozen_batch_norm. Under jax.jit on the global batch,
+  # batch_norm's statistics span every device (cross-replica BatchNorm).
+  config.model.norm = 'batch_norm'
   config.model.backbone_norm = ''     # The backbone's, when not `norm` ('' = norm).
   config.model.norm_momentum = 0.9
   # None: the epsilon `init_from`'s weights were trained with, else 1e-5.
   config.model.norm_epsilon = ml_collections.FieldReference(None, field_type=float)
   config.model.dtype = 'float32'      # Compute dtype; parameters stay float32.
+  # Depthwise convs (EfficientNet, BiFPN): 'auto' (shifted multiply-adds on
+  # the CPU backend, where XLA's grouped conv is slow; the library conv
+  # elsewhere), 'taps' or 'conv'. Same parameters and results.
+  config.model.depthwise_impl = 'auto'
   # RGB, 0-255 units. Empty: what `init_from`'s weights were trained with,
   # else ImageNet's (123.675, 116.28, 103.53) / (58.395, 57.12, 57.375).
   config.model.pixel_mean = ()
@@ -203,12 +205,15 @@ def _optimizer_and_loop(config):
   config.profile_steps = ()
 
 
-def make_tiny(config: ml_collections.ConfigDict, image_size: int):
+def _options(options) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dataclasses.asdict(options))
+
+
+def make_tiny(config: ml_collections.ConfigDict, image_size: int,
+              dataset: str):
   """The run-level settings of a config's `:tiny` smoke variant (seconds long,
-  on `shapes/tiny`, or `shapes_objects/tiny` for a classifier); each config
-  shrinks its own model besides."""
-  classify = config.task == 'classification'
-  config.dataset = 'shapes_objects/tiny' if classify else 'shapes/tiny'
+  on `dataset`); each config shrinks its own model besides."""
+  config.dataset = dataset
   config.image_size = (image_size, image_size)
   config.eval_image_size = (image_size, image_size)
   config.input.shuffle_buffer = 64
@@ -219,8 +224,12 @@ def make_tiny(config: ml_collections.ConfigDict, image_size: int):
   config.num_train_steps = 6
   config.log_every_steps = 2
   config.checkpoint_every_steps = 3
-  if not classify:
-    # After six steps scores sit near the 0.01 prior: keep them, so that the
-    # evaluation files of a smoke run are not empty.
-    config.model.score_threshold = 0.001
-    config.num_images_to_draw = 2
+
+
+def make_tiny_detection(config: ml_collections.ConfigDict, image_size: int):
+  """`make_tiny` on `shapes/tiny` with the detection evaluation settings."""
+  make_tiny(config, image_size, 'shapes/tiny')
+  # After six steps scores sit near the 0.01 prior: keep them, so that the
+  # evaluation files of a smoke run are not empty.
+  config.model.score_threshold = 0.001
+  config.num_images_to_draw = 2

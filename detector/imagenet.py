@@ -1,6 +1,6 @@
 """Classifies images with a converted ImageNet weights file.
 
-    python -m detector.classify --weights=resnet50.npz --arch=resnet50 cat.jpg ...
+    python -m detector.imagenet --weights=resnet50.npz --arch=resnet50 cat.jpg ...
 
 prints one JSON line per image:
   {"image": "cat.jpg", "top5": [{"index": 281, "label": "tabby", "probability": 0.61}, ...]}
@@ -27,6 +27,7 @@ from PIL import Image
 
 from detector import errors
 from detector import port
+from detector import runtime
 from detector.port import weights as weights_lib
 
 flags.DEFINE_string('weights', None, 'A file written by `python -m detector.port`.')
@@ -127,5 +128,12 @@ def main(argv):
   sys.exit(1 if failed else 0)
 
 
-if __name__ == '__main__':
+def run():
+  """The program: `python -m detector.imagenet` and `detector-imagenet`."""
+  runtime.configure_xla_cpu()  # Before JAX creates its backend.
+  runtime.describe_program(__name__)
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()

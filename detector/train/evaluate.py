@@ -1,18 +1,14 @@
-"""Evaluation of a trained detector: jitted predictions -> COCO metrics and files.
+"""Evaluation of a trained model: jitted predictions -> metrics and files.
 
 For each evaluated split, predictions run as one jitted function over the
-device mesh (fixed shapes: padded images, NMS with a fixed top-K); on the
-host, boxes go back to `[x, y, w, h]` pixels of the original images (the one
-place where that conversion happens) and are scored by
-`detector.evaluation` against the split's full ground truth read from TFDS.
+device mesh (fixed shapes: padded images; for detection NMS with a fixed
+top-K); on the host, they are scored by `detector.evaluation`.
 
-Writes `workdir/eval/{metrics,detections,groundtruth}_<split>.json`:
-COCO results and annotation formats, so that pycocotools can re-score them.
-
-A classifier (`config.task='classification'`) is scored by
-`detector.evaluation.classification` instead: accuracy, top-5, per-class
-and macro/micro precision, recall and F1 and the confusion matrix, written
-as `workdir/eval/{metrics,predictions,confusion_matrix}_<split>.json` and
+Detection writes `workdir/eval/{metrics,detections,groundtruth}_<split>.json`:
+COCO results and annotations, boxes `[x, y, w, h]` in pixels of the original
+images (converted here, the one place where that happens), so that
+pycocotools can re-score them. Classification writes
+`workdir/eval/{metrics,predictions,confusion_matrix}_<split>.json` and
 `confusion_matrix_<split>.png` (also a TensorBoard image).
 """
 
@@ -27,25 +23,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from detector import visualize
-from detector.data import classification as classification_data
-from detector.data import pipeline
 from detector.evaluation import classification as classification_metrics
 from detector.evaluation import coco
 from detector.evaluation import prf
-from detector import tasks
 from detector.ops import boxes as box_ops
 
 
 def make_predict_fn(setup):
-  """Jitted (variables, images uint8 [B, H, W, 3]) -> detections dict (or a
-  classifier's {'probabilities'})."""
+  """Jitted (variables, images uint8 [B, H, W, 3]) -> the task's predictions
+  (detections, or a classifier's {'probabilities'})."""
   batch = NamedSharding(setup.mesh, P('data'))
-  model_lib = tasks.model_module(setup.task)
   # The variables stay sharded as in the train state (whole, or FSDP shards).
   variables = setup.state_sharding.eval_variables()
   return jax.jit(
-      lambda variables, images: model_lib.predict(
-          setup.eval_model, variables, images, setup.eval_model_config),
+      lambda variables, images: setup.task.predict(
+          setup.eval_model, variables, images, setup.model_config),
       in_shardings=(variables, batch), out_shardings=batch)
 
 
@@ -55,9 +47,16 @@ def _gather(x):
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _global(setup, batch, keys):
+  """This process's numpy batch arrays -> the whole global batch, on host."""
+  sharding = NamedSharding(setup.mesh, P('data'))
+  return {k: _gather(jax.make_array_from_process_local_data(sharding, batch[k]))
+          for k in keys}
+
+
 def predict_split(config, setup, state, split, predict_fn,
                   keep_images: int = 0):
-  """Runs the model on every image of `split`.
+  """Runs the detector on every image of `split`.
 
   Returns:
     (COCO result dicts for the whole split, a list of up to `keep_images`
@@ -67,13 +66,11 @@ def predict_split(config, setup, state, split, predict_fn,
   sharding = NamedSharding(setup.mesh, P('data'))
   detections: List[dict] = []
   drawn = []
-  for batch in pipeline.eval_batches(config, setup.builder, split):
+  for batch in setup.task.data.eval_batches(config, setup.builder, split):
     images = jax.make_array_from_process_local_data(sharding, batch['image'])
-    out = predict_fn(variables, images)
-    out = {k: _gather(v) for k, v in out.items()}
-    meta = {k: _gather(jax.make_array_from_process_local_data(sharding, batch[k]))
-            for k in ('image_id', 'scale', 'orig_size', 'example_mask', 'boxes',
-                      'box_mask')}
+    out = {k: _gather(v) for k, v in predict_fn(variables, images).items()}
+    meta = _global(setup, batch, ('image_id', 'scale', 'orig_size',
+                                  'example_mask', 'boxes', 'box_mask'))
     detections.extend(to_coco_detections(out, meta, setup.category_ids))
     if len(drawn) < keep_images and jax.process_index() == 0:
       for i in np.flatnonzero(batch['example_mask'])[:keep_images - len(drawn)]:
@@ -123,31 +120,30 @@ def score(groundtruth, detections, config) -> dict:
   return metrics
 
 
-def evaluate_split(config, setup, state, split, predict_fn, writer,
-                   out_dir=None, keep_images=0):
-  """Scores one split, writes its scalars (and files to `out_dir` if given).
+def _write_json(out_dir, split, files):
+  for name, value in files.items():
+    with open(os.path.join(out_dir, f'{name}_{split}.json'), 'w') as f:
+      # json.dumps encodes in C; json.dump streams through the pure-Python
+      # encoder, several seconds for ~10^5 detections.
+      f.write(json.dumps(value))
 
-  Returns the metrics dict on process 0, None on the others.
-  """
-  if setup.task == 'classification':
-    return classification_split(config, setup, state, split, predict_fn,
-                                writer, out_dir)
+
+def detection_split(config, setup, state, split, predict_fn, writer,
+                    out_dir=None, keep_images=0):
+  """Scores a detector on one split, writes its scalars (and files to
+  `out_dir` if given). Returns the metrics on process 0, None on others."""
   step = int(state.step)
   detections, drawn = predict_split(config, setup, state, split, predict_fn,
                                     keep_images=keep_images)
   if jax.process_index() != 0:
     return None
-  groundtruth = pipeline.groundtruth_coco(setup.builder, split,
-                                          setup.class_names, setup.category_ids)
+  groundtruth = setup.task.data.groundtruth_coco(
+      setup.builder, split, setup.class_names, setup.category_ids)
   metrics = score(groundtruth, detections, config)
   metrics.update(step=step, split=split, dataset=config.dataset)
   if out_dir:
-    for name, value in (('metrics', metrics), ('detections', detections),
-                        ('groundtruth', groundtruth)):
-      with open(os.path.join(out_dir, f'{name}_{split}.json'), 'w') as f:
-        # json.dumps encodes in C; json.dump streams through the pure-Python
-        # encoder, several seconds for ~10^5 detections.
-        f.write(json.dumps(value))
+    _write_json(out_dir, split, {'metrics': metrics, 'detections': detections,
+                                 'groundtruth': groundtruth})
   scalars = {f'{split}/{k}': v for k, v in metrics.items()
              if isinstance(v, float)}
   scalars.update({f'{split}/{k}': metrics['prf'][k]
@@ -166,47 +162,55 @@ def evaluate_split(config, setup, state, split, predict_fn, writer,
   return metrics
 
 
-def classification_split(config, setup, state, split, predict_fn, writer,
-                         out_dir=None):
-  """`evaluate_split` for a classifier: every image of `split` once."""
-  step = int(state.step)
+def _classify_split(config, setup, state, split, predict_fn):
+  """(labels [N], probabilities [N, K] float64) of the whole split, in order."""
   variables = state.eval_variables()
   sharding = NamedSharding(setup.mesh, P('data'))
   parts = {'probabilities': [], 'label': [], 'index': []}
-  for batch in classification_data.eval_batches(config, setup.builder, split):
+  for batch in setup.task.data.eval_batches(config, setup.builder, split):
     images = jax.make_array_from_process_local_data(sharding, batch['image'])
     out = {'probabilities': _gather(predict_fn(variables, images)['probabilities'])}
-    out.update({k: _gather(jax.make_array_from_process_local_data(sharding, batch[k]))
-                for k in ('label', 'index', 'example_mask')})
+    out.update(_global(setup, batch, ('label', 'index', 'example_mask')))
     for k in parts:
       parts[k].append(out[k][out['example_mask']])
-  if jax.process_index() != 0:
-    return None
   order = np.argsort(np.concatenate(parts['index']), kind='stable')
   probabilities = np.concatenate(parts['probabilities'])[order].astype(np.float64)
-  labels = np.concatenate(parts['label'])[order]
+  return np.concatenate(parts['label'])[order], probabilities
+
+
+def _classification_files(setup, split, labels, probabilities, metrics):
+  names = setup.class_names
+  files = setup.task.data.filenames(setup.builder, split)
+  top = np.argsort(-probabilities, axis=1, kind='stable')[:, :5]
+  predictions = [
+      {'index': i, **({'filename': files[i]} if files else {}),
+       'label': names[labels[i]], 'predicted': names[top[i, 0]],
+       'top5': [[names[c], round(float(probabilities[i, c]), 5)]
+                for c in top[i]]}
+      for i in range(len(labels))]
+  return {'metrics': metrics, 'predictions': predictions,
+          'confusion_matrix': {'class_names': names, 'rows': 'true class',
+                               'columns': 'predicted class',
+                               'matrix': metrics['confusion_matrix']}}
+
+
+def classification_split(config, setup, state, split, predict_fn, writer,
+                         out_dir=None):
+  """`detection_split` for a classifier: every image of `split` once."""
+  step = int(state.step)
+  labels, probabilities = _classify_split(config, setup, state, split,
+                                          predict_fn)
+  if jax.process_index() != 0:
+    return None
   names = setup.class_names
   metrics = classification_metrics.metrics(labels, probabilities, names)
   metrics.update(step=step, split=split, dataset=config.dataset)
-  matrix = np.asarray(metrics['confusion_matrix'])
   figure = classification_metrics.confusion_matrix_figure(
-      matrix, names, title=f'{split}, step {step}')
+      np.asarray(metrics['confusion_matrix']), names,
+      title=f'{split}, step {step}')
   if out_dir:
-    files = classification_data.filenames(setup.builder, split)
-    top = np.argsort(-probabilities, axis=1, kind='stable')[:, :5]
-    predictions = [
-        {'index': i, **({'filename': files[i]} if files else {}),
-         'label': names[labels[i]], 'predicted': names[top[i, 0]],
-         'top5': [[names[c], round(float(probabilities[i, c]), 5)]
-                  for c in top[i]]}
-        for i in range(len(labels))]
-    for name, value in (('metrics', metrics), ('predictions', predictions),
-                        ('confusion_matrix', {'class_names': names,
-                                              'rows': 'true class',
-                                              'columns': 'predicted class',
-                                              'matrix': matrix.tolist()})):
-      with open(os.path.join(out_dir, f'{name}_{split}.json'), 'w') as f:
-        f.write(json.dumps(value))
+    _write_json(out_dir, split, _classification_files(
+        setup, split, labels, probabilities, metrics))
     visualize.save_png(figure, os.path.join(out_dir,
                                             f'confusion_matrix_{split}.png'))
   scalars = {f'{split}/{k}': v for k, v in metrics.items()
@@ -224,7 +228,7 @@ def evaluate_during_training(config, setup, state, workdir, writer, predict_fn):
   """`config.eval_every_steps`: scores the eval split and appends
   {step, AP, AP50, ...} to workdir/eval/history_<split>.jsonl (the AP curve)."""
   split = config.eval_split
-  metrics = evaluate_split(config, setup, state, split, predict_fn, writer)
+  metrics = setup.task.evaluate_split(setup, state, split, predict_fn, writer)
   if metrics is None:
     return
   out_dir = os.path.join(workdir, 'eval')
@@ -242,10 +246,9 @@ def evaluate_all(config, setup, state, workdir, writer) -> dict:
   result = None
   splits = [config.eval_split, config.test_split]
   for split in dict.fromkeys(s for s in splits if s):
-    keep = (config.get('num_images_to_draw', 0) if split == config.eval_split
-            else 0)
-    metrics = evaluate_split(config, setup, state, split, predict_fn, writer,
-                             out_dir=out_dir, keep_images=keep)
+    keep = config.get('num_images_to_draw', 0) if split == config.eval_split else 0
+    metrics = setup.task.evaluate_split(setup, state, split, predict_fn, writer,
+                                        out_dir=out_dir, keep_images=keep)
     if split == config.test_split:
       result = metrics
   return result
