@@ -219,11 +219,7 @@ def restore_or_none(mngr: ocp.CheckpointManager, abstract_state) -> Optional[Any
   bad = []
   for step in steps:
     try:
-      check_compatible(mngr, step, abstract_state)
-      restored = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-              abstract_state, restore_args=ocp.checkpoint_utils
-              .construct_restore_args(abstract_state))))
+      state = restore_step(mngr, step, abstract_state)
     except IncompatibleCheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -240,7 +236,7 @@ def restore_or_none(mngr: ocp.CheckpointManager, abstract_state) -> Optional[Any
                       'unreadable step(s) %s.', step, mngr.directory, bad)
     else:
       logging.info('Resumed from checkpoint step %d in %s', step, mngr.directory)
-    return restored['state']
+    return state
   unreadable = sorted(n for n in os.listdir(str(mngr.directory))
                       if '.unreadable' in n) if os.path.isdir(
                           str(mngr.directory)) else []
@@ -249,6 +245,26 @@ def restore_or_none(mngr: ocp.CheckpointManager, abstract_state) -> Optional[Any
         f'no checkpoint in {mngr.directory} can be read (steps {bad or "-"}; '
         f'set aside: {unreadable}); move them away to start from scratch')
   return None
+
+
+def restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """The state of checkpoint `step`, in `abstract_state`'s shardings.
+
+  Raises:
+    IncompatibleCheckpointError: it was written by another config.
+    Exception: Orbax's, TensorStore's or JSON's errors for unreadable files.
+  """
+  check_compatible(mngr, step, abstract_state)
+  return mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          abstract_state, restore_args=ocp.checkpoint_utils
+          .construct_restore_args(abstract_state))))['state']
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+  """The JSON written beside checkpoint `step` (its step, the config)."""
+  return mngr.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
 
 
 def _set_aside(mngr: ocp.CheckpointManager, step: int):

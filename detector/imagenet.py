@@ -41,8 +41,10 @@ _INTERPOLATION = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
                   'nearest': Image.NEAREST}
 
 
-def preprocess(image: Image.Image, prep: Dict[str, Any]) -> np.ndarray:
-  """A PIL image -> [S, S, 3] float32, normalised as `prep` says."""
+def crop(image: Image.Image, prep: Dict[str, Any]) -> Image.Image:
+  """The centre crop the weights were trained on: the shorter side resized to
+  `prep['resize']` with `prep['interpolation']`, then `image_size` cut out
+  (RGB)."""
   image = image.convert('RGB')
   if prep['interpolation'] not in _INTERPOLATION:
     raise errors.ConfigError(f'interpolation {prep["interpolation"]!r} in the '
@@ -54,12 +56,17 @@ def preprocess(image: Image.Image, prep: Dict[str, Any]) -> np.ndarray:
   new_long = int(prep['resize'] * long / short)
   size = (prep['resize'], new_long) if w <= h else (new_long, prep['resize'])
   image = image.resize(size, _INTERPOLATION[prep['interpolation']])
-  crop = prep['image_size']
+  size = prep['image_size']
   w, h = image.size
   # torchvision's CenterCrop offsets: round((size - crop) / 2).
-  left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
-  image = image.crop((left, top, left + crop, top + crop))
-  x = np.asarray(image, np.float32)
+  left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+  return image.crop((left, top, left + size, top + size))
+
+
+def preprocess(image: Image.Image, prep: Dict[str, Any]) -> np.ndarray:
+  """A PIL image -> [S, S, 3] float32: `crop`, then normalised as `prep`
+  says."""
+  x = np.asarray(crop(image, prep), np.float32)
   return (x - np.asarray(prep['mean'], np.float32)) / np.asarray(prep['std'], np.float32)
 
 

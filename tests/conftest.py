@@ -138,3 +138,23 @@ def originals(tmp_path_factory):
   subprocess.run([sys.executable, os.path.join(HERE, 'torch_reference.py'),
                   'all', str(out), json.dumps(jobs)], check=True)
   return out
+
+
+@pytest.fixture(scope='session')
+def trained_workdir(tiny_data_dir, tmp_path_factory):
+  """The default job's detector (configs/cnn.py's model and input sizes)
+  trained for 300 steps on `shapes/tiny`: outputs far from the prior, for
+  tests of prediction and export. Made once per worker."""
+  from detector import train  # pylint: disable=g-import-not-at-top
+  from detector.configs import cnn  # pylint: disable=g-import-not-at-top
+  config = cnn.get_config()
+  config.dataset = 'shapes/tiny'
+  config.data_dir = tiny_data_dir
+  config.num_train_steps = 300
+  config.optimizer.warmup_steps = 30
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 300
+  config.input.shuffle_buffer = 64
+  workdir = str(tmp_path_factory.mktemp('trained') / 'cnn')
+  train.train_and_evaluate(config, workdir)
+  return workdir

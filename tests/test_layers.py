@@ -31,3 +31,23 @@ def test_taps_equal_grouped_conv_with_gradients(size, k, strides, padding):
   np.testing.assert_allclose(y_taps, y_conv, rtol=0, atol=1e-5 * np.abs(y_conv).max())
   for a, b in zip(jax.tree.leaves(g_taps), jax.tree.leaves(g_conv)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
+def test_platform_impl_chooses_where_the_program_runs():
+  """'platform' (exports for several platforms): the taps on this CPU, the
+  grouped conv kept for the other platforms, and only the taps in a program
+  compiled for the CPU alone."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 12, 12, 6)), jnp.float32)
+  outputs, variables = {}, None
+  for impl in ('conv', 'taps', 'platform'):
+    module = layers.DepthwiseConv(6, 3, 2, impl=impl)
+    variables = variables or module.init(jax.random.PRNGKey(0), x)
+    outputs[impl] = np.asarray(jax.jit(module.apply)(variables, x))
+  assert not np.array_equal(outputs['conv'], outputs['taps'])  # Tellable.
+  np.testing.assert_array_equal(outputs['platform'], outputs['taps'])
+  fn = jax.jit(lambda v, x: module.apply(v, x))
+  both = jax.export.export(fn, platforms=('cpu', 'cuda'))(variables, x)
+  assert 'feature_group_count = 6' in both.mlir_module()
+  cpu = jax.export.export(fn, platforms=('cpu',))(variables, x)
+  assert 'feature_group_count = 6' not in cpu.mlir_module()

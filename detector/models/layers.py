@@ -17,7 +17,7 @@ from detector import errors
 Dtype = Any
 ModuleDef = Callable[..., nn.Module]
 NORM_KINDS = ('batch_norm', 'frozen_batch_norm')
-DEPTHWISE_IMPLS = ('auto', 'conv', 'taps')
+DEPTHWISE_IMPLS = ('auto', 'conv', 'taps', 'platform')
 
 
 def make_norm(kind: str, train: bool, dtype: Dtype = jnp.float32,
@@ -75,9 +75,11 @@ class DepthwiseConv(nn.Module):
   """A depthwise conv with nn.Conv's parameters (`kernel` [k, k, 1, C], `bias`).
 
   `impl`: 'conv' (the library's grouped convolution), 'taps'
-  (`depthwise_taps`) or 'auto' (taps on the CPU backend, conv elsewhere).
-  Parameters and results do not depend on the choice; 'conv' compiles faster
-  (fewer ops), 'taps' trains faster on a CPU.
+  (`depthwise_taps`), 'auto' (taps on the CPU backend, conv elsewhere,
+  chosen when traced) or 'platform' (the same choice made where the program
+  runs, `lax.platform_dependent`: for artefacts exported for several
+  platforms). Parameters and results do not depend on the choice; 'conv'
+  compiles faster (fewer ops), 'taps' runs faster on a CPU.
   """
   features: int
   kernel_size: int = 3
@@ -104,19 +106,26 @@ class DepthwiseConv(nn.Module):
     if impl == 'auto':
       impl = 'taps' if jax.default_backend() == 'cpu' else 'conv'
     x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    taps = lambda x, k: depthwise_taps(x, k, self.strides, self.padding)
     if impl == 'taps':
-      y = depthwise_taps(x, kernel.astype(self.dtype), self.strides, self.padding)
+      y = taps(x, kernel)
+    elif impl == 'platform':
+      y = lax.platform_dependent(x, kernel, cpu=taps, default=self._conv)
     else:
-      padding = self.padding if isinstance(self.padding, str) else tuple(
-          tuple(p) for p in self.padding)
-      y = lax.conv_general_dilated(
-          x, kernel.astype(self.dtype), (self.strides, self.strides), padding,
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-          feature_group_count=self.features)
+      y = self._conv(x, kernel)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,),
                          jnp.float32).astype(self.dtype)
     return y
+
+  def _conv(self, x, kernel):
+    padding = self.padding if isinstance(self.padding, str) else tuple(
+        tuple(p) for p in self.padding)
+    return lax.conv_general_dilated(
+        x, kernel, (self.strides, self.strides), padding,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=self.features)
 
 
 class ConvNormAct(nn.Module):

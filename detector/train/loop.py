@@ -204,7 +204,7 @@ def _train(config, s, state, mngr, writer, workdir, start):
       if preemption.requested or step % config.checkpoint_every_steps == 0 or last:
         _check_finite(*pending)
         writer.flush()
-        checkpoints.save(mngr, step, state, _meta(step, config),
+        checkpoints.save(mngr, step, state, _meta(step, config, s),
                          force=preemption.requested or last)
       if preemption.requested:
         stopped = True
@@ -248,8 +248,13 @@ def _check_finite(step, loss):
         'boxes in the data. The last checkpoint is from before this step.')
 
 
-def _meta(step, config):
-  return {'step': int(step), 'config': config.to_json_best_effort()}
+def _meta(step, config, s):
+  """Beside each checkpoint: the config, and `config.model` as the run
+  resolved it (class count, and what `init_from` decided), so that
+  `detector.load` rebuilds the model without the dataset or the weights
+  file."""
+  return {'step': int(step), 'config': config.to_json_best_effort(),
+          'model_config': s.model_config.to_json_best_effort()}
 
 
 def _flat_hparams(config, prefix=''):
