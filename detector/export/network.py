@@ -27,7 +27,7 @@ import ml_collections
 
 from detector import errors
 from detector import tasks
-from detector.ops import boxes as box_ops
+from detector.models import detector as detector_lib
 from detector.predict import base
 
 # The head output holding class logits, which the exports turn into
@@ -97,25 +97,15 @@ def detection(backend, fmt: str) -> Detection:
   size = tuple(info.input_size)
   scores_key = SCORE_OUTPUTS[mc.head]
 
-  def merged(variables, images):
-    # detector.models.detector.predict's network half.
-    outputs = model.apply(variables, images)
-    if mc.flip_test:
-      flipped = model.apply(variables, images[:, :, ::-1])
-      outputs = model.head.merge_flipped(outputs, flipped, size)
-    return outputs
-
   def network(variables, images):
-    outputs = dict(merged(variables, images))
+    outputs = dict(detector_lib.network(model, variables, images, mc))
     outputs[scores_key] = jax.nn.sigmoid(outputs[scores_key])
     return outputs
 
   def candidates(variables, images):
-    # detector.models.detector.postprocess up to its NMS.
-    decoded = model.head.decode(merged(variables, images), size)
-    boxes = box_ops.clip(decoded['boxes'], size[0], size[1])
-    keep = decoded['valid'] & (decoded['scores'] >= mc.score_threshold)
-    keep &= box_ops.area(boxes) > 0
+    decoded = model.head.decode(
+        detector_lib.network(model, variables, images, mc), size)
+    boxes, keep = detector_lib.candidates(decoded, mc, size)
     return {'boxes': boxes, 'scores': decoded['scores'],
             'classes': decoded['classes'], 'keep': keep}
 

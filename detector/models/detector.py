@@ -168,6 +168,15 @@ def backbone_levels(config: ml_collections.ConfigDict) -> Dict[str, int]:
   return levels
 
 
+def candidates(decoded, config: ml_collections.ConfigDict, image_size):
+  """`postprocess` before its NMS: (boxes clipped to the input, [B, N]
+  bool: valid, at least `score_threshold` and of non-zero area)."""
+  boxes = box_ops.clip(decoded['boxes'], image_size[0], image_size[1])
+  keep = decoded['valid'] & (decoded['scores'] >= config.score_threshold)
+  keep &= box_ops.area(boxes) > 0
+  return boxes, keep
+
+
 def postprocess(decoded, config: ml_collections.ConfigDict, image_size):
   """Score threshold + per-class NMS with a fixed-size output.
 
@@ -183,9 +192,7 @@ def postprocess(decoded, config: ml_collections.ConfigDict, image_size):
     `classes` [B, D] int32 and `valid` [B, D] bool, D = max_detections,
     sorted by descending score; invalid slots have score 0.
   """
-  boxes = box_ops.clip(decoded['boxes'], image_size[0], image_size[1])
-  keep = decoded['valid'] & (decoded['scores'] >= config.score_threshold)
-  keep &= box_ops.area(boxes) > 0
+  boxes, keep = candidates(decoded, config, image_size)
   scores = jnp.where(keep, decoded['scores'], -jnp.inf)
 
   def one(b, s, c):
@@ -209,11 +216,19 @@ def predict(model: Detector, variables, images, config: ml_collections.ConfigDic
   both outputs before decoding (twice the cost of a forward pass).
   """
   image_size = images.shape[1:3]
+  outputs = network(model, variables, images, config)
+  return postprocess(model.head.decode(outputs, image_size), config, image_size)
+
+
+def network(model: Detector, variables, images,
+            config: ml_collections.ConfigDict):
+  """The head's outputs, merged with the mirror images' under
+  `config.flip_test` (`predict` before decoding)."""
   outputs = model.apply(variables, images)
   if config.flip_test:
     flipped = model.apply(variables, images[:, :, ::-1])
-    outputs = model.head.merge_flipped(outputs, flipped, image_size)
-  return postprocess(model.head.decode(outputs, image_size), config, image_size)
+    outputs = model.head.merge_flipped(outputs, flipped, images.shape[1:3])
+  return outputs
 
 
 def loss(model: Detector, outputs, batch):
