@@ -137,9 +137,7 @@ def main(argv):
 
 def run():
   """The program: `python -m detector.imagenet` and `detector-imagenet`."""
-  runtime.configure_xla_cpu()  # Before JAX creates its backend.
-  runtime.describe_program(__name__)
-  app.run(main)
+  runtime.run_program(__name__, main)
 
 
 if __name__ == '__main__':

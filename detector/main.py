@@ -85,9 +85,7 @@ def parse_flags(argv):
 
 def run():
   """The program: `python main.py ...` and the `detector-train` script."""
-  runtime.configure_xla_cpu()  # Before JAX creates its backend.
-  runtime.describe_program(__name__)
-  app.run(main, flags_parser=parse_flags)
+  runtime.run_program(__name__, main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

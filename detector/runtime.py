@@ -13,7 +13,9 @@ needs, before the work starts:
       GPU/TPU that JAX uses;
   `describe_program(name)` makes absl's `--help` show the flags and
       docstring of the module `name` when another script runs it (main.py,
-      the installed console scripts).
+      the installed console scripts);
+  `run_program(name, main)` starts a program: the CPU flag, its `--help`,
+      then absl's `app.run(main)`.
 
 The CPU flag: on the CPU backend of jaxlib 0.10.2, XLA's YNNPACK fusion also
 takes over single convolutions, whose kernels (weight gradients above all)
@@ -164,3 +166,14 @@ def describe_program(module_name: str):
     script.__doc__ = program.__doc__
   for flag in flags.FLAGS.get_key_flags_for_module(program):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def run_program(module_name: str, main, xla_cpu: bool = True, **run_kwargs):
+  """Runs `main` as the program of module `module_name` under absl, after
+  the CPU flag (`xla_cpu`; before JAX creates its backend) and
+  `describe_program`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  if xla_cpu:
+    configure_xla_cpu()
+  describe_program(module_name)
+  app.run(main, **run_kwargs)

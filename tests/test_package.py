@@ -21,7 +21,9 @@ SCRIPTS = {'detector-train': ('--config', '--workdir', '--mode'),
            'detector-imagenet': ('--weights', '--arch'),
            'detector-data-report': ('--data_dir', '--[no]rebuild'),
            'detector-predict': ('--model', '--output', '--format'),
-           'detector-export': ('--model', '--format', '--output')}
+           'detector-export': ('--model', '--format', '--output'),
+           'detector-monitoring': ('--model', '--images'),
+           'detector-serve': ('--model', '--port', '--max_batch')}
 # Imported only where asked for, with a one-line "pip install X" otherwise
 # (detector.port.common.require): not dependencies.
 OPTIONAL = {'torch', 'torchvision', 'timm', 'keras',
@@ -60,8 +62,11 @@ def test_installed_package_imports_from_elsewhere(venv):
   env_dir, elsewhere = venv
   code = ('import detector, detector.train, detector.configs.cnn as cnn\n'
           'from detector import port\n'
+          'from detector.serve import app\n'
+          'import os\n'
           'print(detector.__file__)\n'
-          'print(cnn.get_config("tiny").dataset, len(port.imagenet_labels()))')
+          'print(cnn.get_config("tiny").dataset, len(port.imagenet_labels()),\n'
+          '      sorted(os.listdir(app.STATIC)))')
   proc = subprocess.run([str(env_dir / 'bin' / 'python'), '-c', code],
                         cwd=str(elsewhere), capture_output=True, text=True,
                         env={k: v for k, v in os.environ.items()
@@ -69,7 +74,8 @@ def test_installed_package_imports_from_elsewhere(venv):
   assert proc.returncode == 0, proc.stderr[-3000:]
   path, data = proc.stdout.split('\n')[:2]
   assert path.startswith(str(env_dir)) and 'site-packages' in path, path
-  assert data == 'shapes/tiny 1000'  # Configs and package data installed.
+  # Configs and package data (labels, the web page's files) installed.
+  assert data == ("shapes/tiny 1000 ['app.js', 'index.html', 'style.css']")
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))

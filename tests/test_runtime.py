@@ -20,7 +20,8 @@ LIBRARIES = ('tensorflow', 'tensorflow_datasets', 'clu.metric_writers',
 # Programs: they define absl flags when imported, as absl programs do.
 PROGRAMS = ('detector.main', 'detector.imagenet', 'detector.data.report',
             'detector.port.__main__', 'detector.predict.__main__',
-            'detector.export.__main__')
+            'detector.export.__main__', 'detector.monitoring.__main__',
+            'detector.serve.__main__')
 
 _PROBE = r'''
 import importlib, json, logging, os, pkgutil, sys

@@ -119,6 +119,9 @@ def _data(config, dataset):
   config.extra_train_datasets = ()
   config.eval_split = 'validation'   # Evaluated during and after training ('' skips).
   config.test_split = 'test'         # Written to workdir/eval/*_test.json ('' skips).
+  # Images of eval_split that the monitoring reference (drift and canary of
+  # `python -m detector.serve`) is made of when training ends; 0 skips it.
+  config.monitoring_images = 1000
   config.input = ml_collections.ConfigDict()
 
 

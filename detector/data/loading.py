@@ -12,10 +12,11 @@ batches the uninterrupted run would have seen.
 """
 
 import math
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 import jax
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -33,6 +34,20 @@ def get_builder(config: ml_collections.ConfigDict, spec: Optional[str] = None):
                                  **kwargs)
   prepare(builder)
   return builder
+
+
+def split_images(config: ml_collections.ConfigDict, split: str,
+                 count: Optional[int] = None
+                 ) -> Iterator[Tuple[str, np.ndarray]]:
+  """(name, uint8 [H, W, 3]) of the first `count` images of `split` (all
+  when None), decoded, in the dataset's order; names are 'SPLIT/IMAGE_ID'."""
+  builder = get_builder(config)
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  if count is not None:
+    ds = ds.take(count)
+  for index, example in enumerate(tfds.as_numpy(ds)):
+    yield (f'{split}/{int(example.get("image/id", index))}',
+           example['image'])
 
 
 def extra_train_builders(config: ml_collections.ConfigDict):

@@ -115,8 +115,8 @@ def main(argv):
 
 def run():
   """The program: `python -m detector.data.report` and `detector-data-report`."""
-  runtime.describe_program(__name__)
-  app.run(lambda argv: sys.exit(main(argv)))
+  runtime.run_program(__name__, lambda argv: sys.exit(main(argv)),
+                      xla_cpu=False)
 
 
 if __name__ == '__main__':

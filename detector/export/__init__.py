@@ -19,6 +19,10 @@ size, preprocessing, config, step); `detector.load` opens every one:
                 metadata_props['detector'].
   stablehlo     a serialized `jax.export` artefact; metadata beside it.
 
+Beside each artefact, `ARTEFACT.monitoring.json` holds the reference that
+`python -m detector.serve` watches its traffic against: the artefact's own
+outputs on the validation split (`detector.monitoring.reference`).
+
 Each format is one module here with `export(backend, output, **options)`
 and `load(path) -> Backend`.
 """
@@ -37,9 +41,12 @@ FORMATS = {
 }
 
 
-def export(model: str, fmt: str, output: str, step=None, **options) -> str:
+def export(model: str, fmt: str, output: str, step=None,
+           monitoring_images: int = 1000, **options) -> str:
   """Exports the model at `model` (workdir or weights file) as `fmt` to
-  `output`; returns the artefact's path.
+  `output`; returns the artefact's path. Then writes its monitoring
+  reference (`detector.monitoring`) from `monitoring_images` images of the
+  validation split (of `calibration_dir` for a weights file; 0 skips).
 
   Raises:
     errors.ConfigError: an unknown format, a model that is not a workdir or
@@ -56,5 +63,27 @@ def export(model: str, fmt: str, output: str, step=None, **options) -> str:
     raise errors.ConfigError(f'{model}: already an exported artefact; export '
                              'from the training workdir or weights file')
   module, fixed = FORMATS[fmt]
-  return importlib.import_module(module).export(backend, output,
-                                                **dict(options, **fixed))
+  path = importlib.import_module(module).export(
+      backend, output, **dict(options, **fixed))
+  _write_monitoring_reference(path, backend.info, monitoring_images,
+                              options.get('calibration_dir', ''))
+  return path
+
+
+def _write_monitoring_reference(path, info, count, images_dir):
+  """The artefact's own outputs on the validation split, beside it, for the
+  server's drift and canary checks (`detector.monitoring`)."""
+  # pylint: disable=g-import-not-at-top
+  from absl import logging
+  from detector.monitoring import reference
+  if not count:
+    return
+  if info.step is None and not images_dir:
+    logging.info('No monitoring reference for %s: a weights file has no '
+                 'validation split (python -m detector.monitoring --model=%s '
+                 '--images=DIR writes one).', path, path)
+    return
+  # A workdir's validation split even when other images calibrated it.
+  reference.write_for_model(
+      path, images_dir=images_dir if info.step is None else '',
+      max_images=count)

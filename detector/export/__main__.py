@@ -3,7 +3,6 @@ see `detector.export`."""
 
 import sys
 
-from absl import app
 from absl import flags
 
 from detector import errors
@@ -22,6 +21,9 @@ flags.DEFINE_integer('calibration_images', 200, 'tflite_int8: images that '
 flags.DEFINE_string('calibration_dir', '', 'tflite_int8: a folder of images '
                     'to calibrate with (default: the training split of the '
                     'workdir\'s dataset; needed for a weights file).')
+flags.DEFINE_integer('monitoring_images', 1000, 'Validation images that the '
+                     'monitoring reference beside the artefact is made of '
+                     '(detector.serve; 0 skips it).')
 flags.mark_flags_as_required(['model', 'format', 'output'])
 FLAGS = flags.FLAGS
 
@@ -34,7 +36,8 @@ def main(argv):
     path = export.export(FLAGS.model, FLAGS.format, FLAGS.output,
                          step=FLAGS.step,
                          calibration_images=FLAGS.calibration_images,
-                         calibration_dir=FLAGS.calibration_dir)
+                         calibration_dir=FLAGS.calibration_dir,
+                         monitoring_images=FLAGS.monitoring_images)
   except errors.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -43,9 +46,7 @@ def main(argv):
 
 def run():
   """The program: `python -m detector.export` and `detector-export`."""
-  runtime.configure_xla_cpu()  # Before JAX creates its backend.
-  runtime.describe_program(__name__)
-  app.run(main)
+  runtime.run_program(__name__, main)
 
 
 if __name__ == '__main__':

@@ -65,13 +65,10 @@ def _training_images(info: base.ModelInfo, count: int):
   """The first `count` images of the workdir's training split, decoded."""
   # pylint: disable=g-import-not-at-top
   import ml_collections
-  import tensorflow_datasets as tfds
   from detector.data import loading
   if info.step is None:
     raise errors.ConfigError(f'{info.source} is a weights file: pass '
                              '--calibration_dir=DIR for the quantisation')
   config = ml_collections.ConfigDict(info.config)
-  builder = loading.get_builder(config)
-  ds = builder.as_dataset(split=config.train_split, shuffle_files=False)
-  for example in tfds.as_numpy(ds.take(count)):
-    yield example['image']
+  for _, image in loading.split_images(config, config.train_split, count):
+    yield image

@@ -2,7 +2,6 @@
 
 import sys
 
-from absl import app
 from absl import flags
 
 from detector import errors
@@ -31,8 +30,7 @@ def main(argv):
 
 def run():
   """The program: `python -m detector.port` and `detector-port`."""
-  runtime.describe_program(__name__)
-  app.run(main)
+  runtime.run_program(__name__, main, xla_cpu=False)
 
 
 if __name__ == '__main__':

@@ -109,17 +109,37 @@ class Predictor:
     results = []
     for start in range(0, len(named), self.batch_size):
       chunk = named[start:start + self.batch_size]
-      prepared = [self._prepare(image) for _, image in chunk]
-      outputs = self._run(np.stack([p.image for p in prepared]))
-      for i, ((name, image), prep) in enumerate(zip(chunk, prepared)):
-        one = {k: v[i] for k, v in outputs.items()}
-        if self.info.task == 'detection':
-          results.append(self._detections(name, image.shape[:2], prep, one,
-                                          score_threshold, max_detections))
-        else:
-          results.append(self._classification(name, image.shape[:2], one,
-                                              top_k))
+      prepared = [self.prepare(image) for _, image in chunk]
+      outputs = self.run_prepared(prepared)
+      results.extend(
+          self.result(name, image.shape[:2], prep, out, score_threshold,
+                      max_detections, top_k)
+          for (name, image), prep, out in zip(chunk, prepared, outputs))
     return results
+
+  # The three stages of `predict_images`, apart for callers that schedule
+  # them themselves (the server batches requests between them).
+  def prepare(self, image: np.ndarray) -> preprocessing.Prepared:
+    """uint8 [H, W, 3] -> the model's input and the way back to pixels."""
+    return self._prepare(image)
+
+  def run_prepared(self, prepared: Sequence[preprocessing.Prepared]
+                   ) -> List[dict]:
+    """The backend on prepared images, in one call where its batch sizes
+    allow; per image its outputs (`base`'s convention, batch axis gone)."""
+    outputs = self._run(np.stack([p.image for p in prepared]))
+    return [{k: v[i] for k, v in outputs.items()}
+            for i in range(len(prepared))]
+
+  def result(self, name: str, image_size, prep: preprocessing.Prepared,
+             output: dict, score_threshold: float = 0.0,
+             max_detections: Optional[int] = None,
+             top_k: int = 5) -> Prediction:
+    """One image's outputs as a `Detections` or `Classification`."""
+    if self.info.task == 'detection':
+      return self._detections(name, image_size, prep, output,
+                              score_threshold, max_detections)
+    return self._classification(name, image_size, output, top_k)
 
   def _run(self, batch: np.ndarray):
     """The backend on `batch`, padded to a batch size it takes."""

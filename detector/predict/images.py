@@ -10,12 +10,14 @@ empty, or holds more pixels than `MAX_PIXELS` (a decompression bomb) raises
 `ImageError` naming it.
 """
 
+import io
 import os
 from typing import Any, Iterator, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
+from PIL import UnidentifiedImageError
 
 from detector import errors
 
@@ -26,7 +28,16 @@ MAX_PIXELS = 128 * 2**20  # Pillow's own default is 89 M; 128 Mpx is 8K x 16K.
 
 
 class ImageError(errors.ConfigError):
-  """An input that is not a readable image; the message names it."""
+  """An input that is not a readable image; the message names it.
+
+  `reason` says which way it failed, for programs that count failures (the
+  server's metrics): 'missing', 'empty', 'not_an_image', 'corrupt_image',
+  'too_many_pixels' or 'unsupported_array'.
+  """
+
+  def __init__(self, message: str, reason: str = 'not_an_image'):
+    super().__init__(message)
+    self.reason = reason
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:
@@ -51,14 +62,14 @@ def array_to_rgb(array: np.ndarray, where: str = 'an array') -> np.ndarray:
     array = array[..., None]
   if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
     raise ImageError(f'{where}: shape {array.shape} is not an image '
-                     '([H, W] or [H, W, 1|3|4])')
+                     '([H, W] or [H, W, 1|3|4])', 'unsupported_array')
   if array.dtype == np.uint16:
     array = (array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
   elif np.issubdtype(array.dtype, np.floating):
     array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
   elif array.dtype != np.uint8:
     raise ImageError(f'{where}: dtype {array.dtype}; expected uint8, uint16 '
-                     'or float in [0, 1]')
+                     'or float in [0, 1]', 'unsupported_array')
   if array.shape[-1] == 1:
     array = np.repeat(array, 3, axis=-1)
   return np.ascontiguousarray(array[..., :3])
@@ -71,21 +82,49 @@ def read(path: str) -> np.ndarray:
     ImageError: missing, empty, unreadable or too large, naming the file.
   """
   if not os.path.isfile(path):
-    raise ImageError(f'{path}: no such file')
+    raise ImageError(f'{path}: no such file', 'missing')
   if os.path.getsize(path) == 0:
-    raise ImageError(f'{path}: the file is empty (0 bytes)')
+    raise ImageError(f'{path}: the file is empty (0 bytes)', 'empty')
+  with open(path, 'rb') as f:
+    return _decode(f, path, MAX_PIXELS)
+
+
+def decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS
+           ) -> np.ndarray:
+  """Encoded image bytes (any format Pillow reads) as uint8 [H, W, 3],
+  decoded in memory.
+
+  Raises:
+    ImageError: empty, not an image, corrupt or truncated, or more than
+      `max_pixels` pixels (checked from the header, before decoding).
+  """
+  if not data:
+    raise ImageError(f'{name}: empty (0 bytes)', 'empty')
+  return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(stream, name: str, max_pixels: int) -> np.ndarray:
   try:
-    with Image.open(path) as image:
+    with Image.open(stream) as image:
       w, h = image.size
-      if w * h > MAX_PIXELS:
-        raise ImageError(f'{path}: {w}x{h} pixels is over the limit of '
-                         f'{MAX_PIXELS} (a decompression bomb?)')
+      if w * h > max_pixels:
+        raise ImageError(f'{name}: {w}x{h} pixels is over the limit of '
+                         f'{max_pixels} (a decompression bomb?)',
+                         'too_many_pixels')
       return to_rgb(image)
   except ImageError:
     raise
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-    raise ImageError(f'{path}: cannot read the image ({type(e).__name__}: '
-                     f'{str(e)[:200]})') from None
+  except Image.DecompressionBombError as e:
+    raise ImageError(f'{name}: {e} (over the limit of {max_pixels} pixels)',
+                     'too_many_pixels') from None
+  except UnidentifiedImageError:
+    raise ImageError(f'{name}: cannot read the image: not an image (no '
+                     'format Pillow reads recognises these bytes)',
+                     'not_an_image') from None
+  except (OSError, ValueError, SyntaxError) as e:
+    raise ImageError(f'{name}: cannot read the image, corrupt or truncated '
+                     f'({type(e).__name__}: {str(e)[:200]})',
+                     'corrupt_image') from None
 
 
 def load(item: Any) -> Tuple[str, np.ndarray]:

@@ -165,8 +165,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     return None
   metrics = evaluate.evaluate_all(config, s, state, workdir, writer)
   writer.flush()
+  _write_monitoring_reference(config, workdir)
   return metrics
 
+
+def _write_monitoring_reference(config, workdir):
+  """What the server's drift and canary checks compare traffic with."""
+  if not (config.get('monitoring_images', 0) and config.eval_split):
+    return
+  if jax.process_count() > 1:  # It reloads the model in one process.
+    logging.info('Multi-process run: write the monitoring reference with '
+                 'python -m detector.monitoring --model=%s', workdir)
+    return
+  from detector.monitoring import reference  # pylint: disable=g-import-not-at-top
+  reference.write_for_model(workdir, split=config.eval_split,
+                            max_images=config.monitoring_images)
 
 def _train(config, s, state, mngr, writer, workdir, start):
   """Steps start+1..total; returns (state, whether stopped by SIGTERM)."""
