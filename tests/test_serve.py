@@ -444,19 +444,21 @@ def test_drift_of_a_shifted_stream_and_a_failing_canary(trained_workdir,
     assert set(psi) == {'class_frequency', 'score', 'detections_per_image',
                         'box_area', 'brightness'}
     assert all(v < 0.1 for v in psi.values()), psi
-    assert '"event": "drift"' not in _log(s)
+    assert '"event": "drift"' not in _log(s)  # Nothing logged yet.
 
     dark = _write_scenes(str(tmp_path / 'dark'), 'test', 400, darken=0.4)
     assert set(bench.load(s.url, dark, 4, 400)['statuses']) == {200}
     metrics = _metrics(s.url)
     assert _value(metrics, 'detector_drift_psi', signal='brightness') > 0.2
-    drift_lines = [json.loads(json.loads(l)['message']) for l in
-                   _log(s).splitlines() if '\\"event\\": \\"drift\\"' in l]
-    assert 'brightness' in {d['signal'] for d in drift_lines}
+    lines = [json.loads(l) for l in _log(s).splitlines()
+             if l.startswith('{')]
+    drifted = {l['signal'] for l in lines if l.get('event') == 'drift'}
+    assert 'brightness' in drifted
+    assert any(l.get('event') == 'canary_failed' and l['problems']
+               for l in lines)
 
     assert _value(metrics, 'detector_canary_ok') == 0
     assert _value(metrics, 'detector_canary_runs_total', result='fail') == 1
-    assert 'canary_failed' in _log(s)
   finally:
     _stop(s)
 
@@ -540,5 +542,56 @@ def test_an_exported_artefact_is_served_with_its_own_reference(
     assert _value(_metrics(s.url), 'detector_request_errors_total',
                   reason='queue_full') == len(full)
     assert _post(s.url, test_pngs[0]).status_code == 200
+  finally:
+    _stop(s)
+
+
+def test_a_classifier_is_served_on_classify_and_in_the_page(tmp_path):
+  """A ported ImageNet weights file: /v1/classify's top-k equal
+  detector.load's, with a reference made of photos; the page lists them."""
+  import skimage.data  # pylint: disable=g-import-not-at-top
+  import serve_page_check  # pylint: disable=g-import-not-at-top
+  weights = str(tmp_path / 'lite0.npz')
+  subprocess.run([sys.executable, '-m', 'detector.port',
+                  '--source=efficientnet_lite', '--arch=efficientnet-lite0',
+                  f'--output={weights}'], cwd=ROOT, check=True,
+                 capture_output=True, timeout=600)
+  photos = {'chelsea': skimage.data.chelsea(), 'coffee': skimage.data.coffee(),
+            'rocket': skimage.data.rocket(), 'astronaut':
+                skimage.data.astronaut()}
+  folder = tmp_path / 'photos'
+  folder.mkdir()
+  for name, photo in photos.items():
+    (folder / f'{name}.png').write_bytes(bench.png_bytes(photo))
+  subprocess.run([sys.executable, '-m', 'detector.monitoring',
+                  f'--model={weights}', f'--images={folder}'], cwd=ROOT,
+                 check=True, capture_output=True, timeout=600)
+  predictor = detector.load(weights, batch_size=1)
+  s = _start(weights, str(tmp_path), 'classifier', '--max_batch=2',
+             '--canary_every_s=0')
+  try:
+    for name, photo in photos.items():
+      r = requests.post(f'{s.url}/v1/classify', params={'top_k': 3},
+                        data=(folder / f'{name}.png').read_bytes(),
+                        headers={'Content-Type': 'image/png'}, timeout=60)
+      assert r.status_code == 200, r.text
+      want = predictor.predict(photo, top_k=3)[0]
+      got = r.json()['top_k']
+      assert [t['class_id'] for t in got] == want.class_ids.tolist()
+      assert [t['class_name'] for t in got] == want.class_names
+      np.testing.assert_allclose([t['probability'] for t in got],
+                                 want.probabilities, atol=1e-5)
+    r = _post(s.url, (folder / 'chelsea.png').read_bytes())
+    assert r.status_code == 400 and r.json()['reason'] == 'wrong_task'
+    metrics = _metrics(s.url)
+    assert _value(metrics, 'detector_canary_ok') == 1
+    assert _value(metrics, 'detector_detections_by_class_total') == 4
+    page = serve_page_check.check_page(
+        s.url, str(folder / 'chelsea.png'),
+        str(tmp_path / 'classifier_page.png'))
+    assert page['state'] == 'done' and page['model']['task'] == (
+        'classification')
+    want = predictor.predict(photos['chelsea'], top_k=5)[0]
+    assert [t['class'] for t in page['top_k']] == want.class_names
   finally:
     _stop(s)

@@ -49,7 +49,8 @@ FLAGS = flags.FLAGS
 
 
 class _Logs(logging.Formatter):
-  """Access lines are JSON already; other records become JSON too."""
+  """One JSON object per line: access lines are JSON already; other
+  records get level, logger, message and their `extra={'fields': {...}}`."""
 
   def format(self, record):
     if record.name == 'detector.serve.access':
@@ -58,7 +59,8 @@ class _Logs(logging.Formatter):
     if record.exc_info:
       message += '\n' + self.formatException(record.exc_info)
     return json.dumps({'level': record.levelname.lower(),
-                       'logger': record.name, 'message': message})
+                       'logger': record.name, 'message': message,
+                       **getattr(record, 'fields', {})})
 
 
 def _configure_logging():

@@ -150,13 +150,9 @@ def create_app(service: service_lib.Service) -> FastAPI:
     return _error(request, e.status_code, reason, message)
 
   # --- the model ------------------------------------------------------------
-  async def _predict(request: Request, task: str, score_threshold: float,
-                     max_detections: Optional[int], top_k: int) -> dict:
-    start = time.perf_counter()
-    if info.task != task:
-      other = '/v1/classify' if info.task == 'classification' else '/v1/detect'
-      raise uploads.UploadError(400, 'wrong_task', f'this model is a '
-                                f'{info.task} model: POST to {other}')
+  async def _submit(request: Request):
+    """The request's image, decoded and prepared, queued for the model.
+    Returns (image, prepared, job, {stage: seconds})."""
     # While draining, uvicorn accepts no new connection; a request that
     # reached the server is in flight and is answered.
     if not service.ready.is_set():
@@ -185,6 +181,36 @@ def create_app(service: service_lib.Service) -> FastAPI:
                                 'stopping', {'Retry-After': '1'}) from None
     finally:
       service.arriving -= 1
+    return image, prepared, job, {'decode': t_decode - t_read,
+                                  'preprocess': t_prep - t_decode}
+
+  def _detections_json(request, prediction, size, score_threshold,
+                       max_detections):
+    """The detections returned, counted on /metrics on the way."""
+    width, height = size
+    served = service_lib.filtered(prediction, score_threshold, max_detections)
+    metrics.detections.observe(len(served.scores))
+    out = []
+    for box, score, cls, name in zip(served.boxes, served.scores,
+                                     served.class_ids, served.class_names):
+      metrics.scores.observe(float(score))
+      metrics.areas.observe(float(
+          (box[2] - box[0]) * (box[3] - box[1]) / max(width * height, 1)))
+      metrics.classes.labels(class_name=name).inc()
+      out.append({'box_xyxy': [round(float(v), 3) for v in box],
+                  'score': round(float(score), 6), 'class_id': int(cls),
+                  'class_name': name})
+    request.state.detections = len(out)
+    return out
+
+  async def _predict(request: Request, task: str, score_threshold: float,
+                     max_detections: Optional[int], top_k: int) -> dict:
+    start = time.perf_counter()
+    if info.task != task:
+      other = '/v1/classify' if info.task == 'classification' else '/v1/detect'
+      raise uploads.UploadError(400, 'wrong_task', f'this model is a '
+                                f'{info.task} model: POST to {other}')
+    image, prepared, job, timing = await _submit(request)
     left = settings.request_timeout_s - (time.perf_counter() - start)
     try:
       output = await asyncio.wait_for(asyncio.wrap_future(job.future),
@@ -197,11 +223,8 @@ def create_app(service: service_lib.Service) -> FastAPI:
     prediction = service.predictor.result('upload', (height, width), prepared,
                                           output, top_k=top_k)
     service.observe(prediction, image)
-    timing = {'decode': t_decode - t_read, 'preprocess': t_prep - t_decode,
-              'queue': job.started_at - job.queued_at,
-              'model': job.batch_seconds}
-    for stage, seconds in timing.items():
-      metrics.latency.labels(stage=stage).observe(seconds)
+    timing.update(queue=job.started_at - job.queued_at,
+                  model=job.batch_seconds)
     metrics.width.observe(width)
     metrics.height.observe(height)
     answer = {'request_id': request.state.request_id,
@@ -209,23 +232,9 @@ def create_app(service: service_lib.Service) -> FastAPI:
                         'format': info.format},
               'image': {'width': width, 'height': height}}
     if task == 'detection':
-      served = service_lib.filtered(prediction, score_threshold,
-                                    max_detections)
-      metrics.detections.observe(len(served.scores))
-      for box, score, name in zip(served.boxes, served.scores,
-                                  served.class_names):
-        metrics.scores.observe(float(score))
-        metrics.areas.observe(float(
-            (box[2] - box[0]) * (box[3] - box[1]) / max(width * height, 1)))
-        metrics.classes.labels(class_name=name).inc()
-      request.state.detections = len(served.scores)
-      answer['detections'] = [
-          {'box_xyxy': [round(float(v), 3) for v in box],
-           'score': round(float(score), 6), 'class_id': int(cls),
-           'class_name': name}
-          for box, score, cls, name in zip(served.boxes, served.scores,
-                                           served.class_ids,
-                                           served.class_names)]
+      answer['detections'] = _detections_json(
+          request, prediction, (width, height), score_threshold,
+          max_detections)
     else:
       metrics.classes.labels(class_name=prediction.class_names[0]).inc()
       answer['top_k'] = [
@@ -233,6 +242,8 @@ def create_app(service: service_lib.Service) -> FastAPI:
            'probability': round(float(p), 6)}
           for c, n, p in zip(prediction.class_ids, prediction.class_names,
                              prediction.probabilities)]
+    for stage, seconds in timing.items():
+      metrics.latency.labels(stage=stage).observe(seconds)
     timing['total'] = time.perf_counter() - start
     answer['timing_ms'] = {k: round(v * 1000, 3) for k, v in timing.items()}
     return answer

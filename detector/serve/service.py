@@ -7,7 +7,6 @@ the monitoring up to date (`metrics`, `detector.monitoring`).
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -25,6 +24,9 @@ from detector.serve import batcher as batcher_lib
 
 log = logging.getLogger('detector.serve')
 PSI_EVERY = 20  # Images between updates of the PSI gauges.
+# With 10 bins, PSI between two samples of one distribution is about
+# 9 * (1/n_reference + 1/n_window): 0.1 from 100 images on each side.
+MIN_REFERENCE_IMAGES = 200
 
 
 @dataclasses.dataclass
@@ -165,6 +167,12 @@ class Service:
     if reference['task'] != self.info.task:
       raise ValueError(f'{path}: a reference of a {reference["task"]} model, '
                        f'but {self.model_path} is a {self.info.task} model')
+    if reference['images'] < MIN_REFERENCE_IMAGES:
+      log.warning('The monitoring reference %s holds %d images: its PSI '
+                  'values are mostly noise below about %d. Write one from '
+                  'more images with python -m detector.monitoring --model=%s '
+                  '--images=DIR', path, reference['images'],
+                  MIN_REFERENCE_IMAGES, self.model_path)
     recorded = reference['model']
     if (recorded.get('step') != self.info.step
         or recorded.get('format') != self.info.format):
@@ -199,11 +207,11 @@ class Service:
       new = set(alarms) - self._alarms
       self._alarms = set(alarms)
     for name in sorted(new):
-      log.warning(json.dumps({
-          'event': 'drift', 'signal': name, 'psi': round(alarms[name], 4),
-          'alarm': drift.ALARM, 'window_images': len(self.window),
-          'message': f'PSI of {name} is {alarms[name]:.3f} > {drift.ALARM} '
-                     'against the reference'}))
+      log.warning('PSI of %s is %.3f > %s against the reference', name,
+                  alarms[name], drift.ALARM, extra={'fields': {
+                      'event': 'drift', 'signal': name,
+                      'psi': round(alarms[name], 4),
+                      'window_images': len(self.window)}})
     return values
 
   def check_canary(self) -> Optional[bool]:
@@ -220,9 +228,9 @@ class Service:
     if ok:
       log.info('Canary: %d images give the recorded outputs.', len(images))
     else:
-      log.error(json.dumps({'event': 'canary_failed', 'problems': problems[:10],
-                            'message': 'the canary images no longer give the '
-                                       'outputs recorded with the model'}))
+      log.error('The canary images no longer give the outputs recorded with '
+                'the model', extra={'fields': {'event': 'canary_failed',
+                                               'problems': problems[:10]}})
     return ok
 
   def canary_loop(self):
