@@ -443,6 +443,8 @@ def test_drift_of_a_shifted_stream_and_a_failing_canary(trained_workdir,
            if n == 'detector_drift_psi'}
     assert set(psi) == {'class_frequency', 'score', 'detections_per_image',
                         'box_area', 'brightness'}
+    # Brightness depends on the rendered scenes alone: 0.067, the same on
+    # every run; the model's signals measured 0.003-0.037 for a 300-step one.
     assert all(v < 0.1 for v in psi.values()), psi
     assert '"event": "drift"' not in _log(s)  # Nothing logged yet.
 
