@@ -12,6 +12,8 @@ from typing import List, Tuple
 
 import numpy as np
 
+from detector.ops import boxes as box_ops
+
 MIN_SCORE = 0.1      # Detections below this are not compared.
 SCORE_TOL = 0.01     # |score difference| allowed.
 MIN_IOU = 0.98       # Box overlap required of a match.
@@ -31,14 +33,6 @@ def record(prediction) -> dict:
                                                np.float64), 6).tolist()}
 
 
-def _iou(a, b):
-  x0, y0 = np.maximum(a[0], b[:, 0]), np.maximum(a[1], b[:, 1])
-  x1, y1 = np.minimum(a[2], b[:, 2]), np.minimum(a[3], b[:, 3])
-  inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-  area = lambda r: (r[..., 2] - r[..., 0]) * (r[..., 3] - r[..., 1])
-  return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
-
-
 def _unmatched(ours: dict, theirs: dict) -> List[str]:
   """Detections of `ours` scoring >= MIN_SCORE that `theirs` lacks."""
   boxes = np.asarray(theirs['boxes'], np.float64).reshape(-1, 4)
@@ -51,7 +45,9 @@ def _unmatched(ours: dict, theirs: dict) -> List[str]:
       continue
     ok = ((classes == cls) & ~used & (np.abs(scores - score) <= SCORE_TOL))
     if ok.any():
-      ious = np.where(ok, _iou(np.asarray(box), boxes), -1.0)
+      # IoU is the same in xyxy as in the yxyx pairwise_iou documents.
+      iou = np.asarray(box_ops.pairwise_iou(np.asarray([box]), boxes))[0]
+      ious = np.where(ok, iou, -1.0)
       best = int(np.argmax(ious))
       if ious[best] >= MIN_IOU:
         used[best] = True
