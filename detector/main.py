@@ -63,29 +63,10 @@ def main(argv):
     raise SystemExit(f'error: {e}') from None
 
 
-def _innermost_message(error):
-  while error.args and isinstance(error.args[0], BaseException):
-    error = error.args[0]
-  return str(error.args[0]) if error.args else str(error)
-
-
-def parse_flags(argv):
-  """absl flag parsing, with a bad `--config.key` reported in one line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    raise SystemExit(f'error: {e}\nPass --help to list the flags.') from None
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections raises these for an unknown key or a value of the wrong
-    # type in a --config.key=value override; the config is locked, so a
-    # misspelt key never silently adds a field.
-    raise SystemExit('error: bad --config override: '
-                     f'{_innermost_message(e)}') from None
-
-
 def run():
   """The program: `python main.py ...` and the `detector-train` script."""
-  runtime.run_program(__name__, main, flags_parser=parse_flags)
+  runtime.run_program(__name__, main,
+                      flags_parser=runtime.parse_config_flags)
 
 
 if __name__ == '__main__':

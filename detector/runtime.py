@@ -177,3 +177,25 @@ def run_program(module_name: str, main, xla_cpu: bool = True, **run_kwargs):
     configure_xla_cpu()
   describe_program(module_name)
   app.run(main, **run_kwargs)
+
+
+def _innermost_message(error):
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  return str(error.args[0]) if error.args else str(error)
+
+
+def parse_config_flags(argv):
+  """absl flag parsing for programs with a config flag: a bad `--config.key`
+  is reported in one line."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f'error: {e}\nPass --help to list the flags.') from None
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for an unknown key or a value of the wrong
+    # type in a --config.key=value override; the config is locked, so a
+    # misspelt key never silently adds a field.
+    raise SystemExit('error: bad --config override: '
+                     f'{_innermost_message(e)}') from None

@@ -19,8 +19,16 @@ if ! command -v prometheus >/dev/null 2>&1 \
   reasons+=("prometheus server and promtool for the monitoring tests")
 fi
 
+# Debian keeps the server's programs off PATH, under its major version.
+if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null \
+    && ! command -v postgres >/dev/null 2>&1; then
+  packages+=(postgresql)
+  reasons+=("PostgreSQL server for the sweep test on a shared study")
+fi
+
 if ((${#packages[@]} == 0)); then
-  echo "chromium, prometheus and promtool are already on PATH: nothing to do."
+  echo "chromium, prometheus, promtool and postgresql are already there:" \
+    "nothing to do."
   exit 0
 fi
 

@@ -23,7 +23,8 @@ SCRIPTS = {'detector-train': ('--config', '--workdir', '--mode'),
            'detector-predict': ('--model', '--output', '--format'),
            'detector-export': ('--model', '--format', '--output'),
            'detector-monitoring': ('--model', '--images'),
-           'detector-serve': ('--model', '--port', '--max_batch')}
+           'detector-serve': ('--model', '--port', '--max_batch'),
+           'detector-tune': ('--config', '--space', '--study_dir', '--storage')}
 # Imported only where asked for, with a one-line "pip install X" otherwise
 # (detector.port.common.require): not dependencies.
 OPTIONAL = {'torch', 'torchvision', 'timm', 'keras',

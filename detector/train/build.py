@@ -11,7 +11,7 @@ import functools
 import json
 import math
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from absl import logging
 import flax.linen as nn
@@ -31,12 +31,13 @@ from detector.train import state as state_lib
 CLASSES_FILE = 'classes.json'
 
 
-def check_config(config: ml_collections.ConfigDict, workdir: str) -> tasks.Task:
+def check_config(config: ml_collections.ConfigDict, workdir: str,
+                 num_devices: Optional[int] = None) -> tasks.Task:
   """Returns the config's task; raises ConfigError saying what to change
-  for a config that cannot run."""
+  for a config that cannot run (on `num_devices`, default all)."""
   task = tasks.get(config)
   stride = task.check_config()
-  _check_batch(config)
+  _check_batch(config, num_devices or jax.device_count())
   for key in ('image_size', 'eval_image_size'):
     size = tuple(config[key])
     if len(size) != 2 or any(s <= 0 or s % stride for s in size):
@@ -55,8 +56,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> tasks.Task:
   return task
 
 
-def _check_batch(config):
-  n_dev, n_proc = jax.device_count(), jax.process_count()
+def _check_batch(config, n_dev):
+  n_proc = jax.process_count()
   for key in ('batch_size', 'eval_batch_size'):
     value = config[key]
     if value <= 0 or value % n_dev or value % n_proc:
@@ -131,11 +132,13 @@ class Setup:
   category_ids: Any = None
 
 
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
-  """Checks the config, prepares the dataset and builds model and optimizer."""
+def setup(config: ml_collections.ConfigDict, workdir: str,
+          devices=None) -> Setup:
+  """Checks the config, prepares the dataset and builds model and optimizer
+  on a mesh of `devices` (default: all of them)."""
   # The dataset side needs TensorFlow; the rest of this module does not.
   from detector.data import loading  # pylint: disable=g-import-not-at-top
-  task = check_config(config, workdir)
+  task = check_config(config, workdir, len(devices) if devices else None)
   builder = loading.get_builder(config)
   names = task.class_names(builder, config.dataset)
   extras = list(zip(config.extra_train_datasets,
@@ -156,7 +159,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Setup:
   ids = task.category_ids(builder, names)
   check_workdir_classes(workdir, config.dataset, names, ids)
   s = build_setup(config, names, num_train_steps(config, train_size),
-                  builder=builder)
+                  builder=builder, devices=devices)
   return dataclasses.replace(s, category_ids=ids)
 
 

@@ -230,25 +230,27 @@ def evaluate_during_training(config, setup, state, workdir, writer, predict_fn):
   split = config.eval_split
   metrics = setup.task.evaluate_split(setup, state, split, predict_fn, writer)
   if metrics is None:
-    return
+    return None
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
   row = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
   with open(os.path.join(out_dir, f'history_{split}.jsonl'), 'a') as f:
     f.write(json.dumps(row) + '\n')
+  return metrics
 
 
 def evaluate_all(config, setup, state, workdir, writer) -> dict:
-  """Scores the eval and test splits; writes files; returns test metrics."""
+  """Scores the eval and test splits; writes files; returns {split: metrics}
+  (empty on processes other than 0)."""
   predict_fn = make_predict_fn(setup)
   out_dir = os.path.join(workdir, 'eval')
   os.makedirs(out_dir, exist_ok=True)
-  result = None
+  result = {}
   splits = [config.eval_split, config.test_split]
   for split in dict.fromkeys(s for s in splits if s):
     keep = config.get('num_images_to_draw', 0) if split == config.eval_split else 0
     metrics = setup.task.evaluate_split(setup, state, split, predict_fn, writer,
                                         out_dir=out_dir, keep_images=keep)
-    if split == config.test_split:
-      result = metrics
+    if metrics is not None:
+      result[split] = metrics
   return result

@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import threading
+from typing import Callable, Optional
 
 from absl import logging
 from clu import metric_writers
@@ -23,6 +24,10 @@ from detector import errors
 from detector.train import evaluate
 from detector.train import build
 from detector.train import step as step_lib
+
+
+# (step, total steps, metrics of the eval split) -> whether to stop training.
+OnEvaluation = Callable[[int, int, dict], Optional[bool]]
 
 
 class _Preemption:
@@ -136,14 +141,24 @@ def _initial_state(config, s, mngr):
   return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices=None,
+                       on_evaluation: Optional[OnEvaluation] = None):
   """Trains (resuming from workdir/checkpoints if present), then evaluates.
+
+  Args:
+    config: the experiment config.
+    workdir: checkpoints, logs and eval/ go here.
+    devices: the devices of the run's mesh (default: all).
+    on_evaluation: called with (step, total steps, metrics of the eval split)
+      after each `eval_every_steps` evaluation and the final one; returning
+      True from a periodic call stops training there (a pruned sweep trial).
 
   Returns:
     The metrics dict of the test split (also in workdir/eval/metrics_test.json),
-    or None when training stopped early on SIGTERM.
+    or None when training stopped early (SIGTERM, or on_evaluation).
   """
-  s = build.setup(config, workdir)
+  s = build.setup(config, workdir, devices)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(_flat_hparams(config))
@@ -155,8 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     logging.info('Checkpoint step %d is already the final step %d.', start,
                  s.total_steps)
   logging.info('Training steps %d..%d, global batch %d on %d devices.',
-               start, s.total_steps, config.batch_size, jax.device_count())
-  state, preempted = _train(config, s, state, mngr, writer, workdir, start)
+               start, s.total_steps, config.batch_size, s.mesh.size)
+  state, preempted = _train(config, s, state, mngr, writer, workdir, start,
+                            on_evaluation)
   mngr.close()
   if preempted:
     logging.info('Stopped at step %d on request; rerun the same command to '
@@ -165,8 +181,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     return None
   metrics = evaluate.evaluate_all(config, s, state, workdir, writer)
   writer.flush()
+  if on_evaluation and config.eval_split and config.eval_split in metrics:
+    on_evaluation(int(state.step), s.total_steps, metrics[config.eval_split])
   _write_monitoring_reference(config, workdir)
-  return metrics
+  return metrics.get(config.test_split)
 
 
 def _write_monitoring_reference(config, workdir):
@@ -181,8 +199,8 @@ def _write_monitoring_reference(config, workdir):
   reference.write_for_model(workdir, split=config.eval_split,
                             max_images=config.monitoring_images)
 
-def _train(config, s, state, mngr, writer, workdir, start):
-  """Steps start+1..total; returns (state, whether stopped by SIGTERM)."""
+def _train(config, s, state, mngr, writer, workdir, start, on_evaluation):
+  """Steps start+1..total; returns (state, whether stopped early)."""
   step_fn = step_lib.make_train_step(s)
   batch_sharding = NamedSharding(s.mesh, P('data'))
   train_iter = iter(s.task.train_dataset(s.builder, start_step=start)
@@ -225,8 +243,13 @@ def _train(config, s, state, mngr, writer, workdir, start):
       if (config.eval_every_steps and step % config.eval_every_steps == 0
           and not last and config.eval_split):
         predict_fn = predict_fn or evaluate.make_predict_fn(s)
-        evaluate.evaluate_during_training(config, s, state, workdir, writer,
-                                          predict_fn)
+        metrics = evaluate.evaluate_during_training(config, s, state, workdir,
+                                                    writer, predict_fn)
+        if (on_evaluation and metrics is not None
+            and on_evaluation(step, s.total_steps, metrics)):
+          logging.info('Stopped at step %d: on_evaluation asked to stop.', step)
+          stopped = True
+          break
   checkpoints.wait(mngr)  # A failed write stops the run here: CheckpointError.
   if step_fn._cache_size() > 1:  # pylint: disable=protected-access
     logging.warning('The train step was compiled %d times; a shape or dtype '
@@ -248,7 +271,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   metrics = evaluate.evaluate_all(config, s, state, workdir, writer)
   writer.flush()
   mngr.close()
-  return metrics
+  return metrics.get(config.test_split)
 
 
 def _check_finite(step, loss):
