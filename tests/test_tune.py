@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import ml_collections
@@ -347,25 +348,28 @@ def _pg_bin(name):
 @pytest.fixture
 def postgresql(tmp_path):
   """A PostgreSQL server of its own on a free port; its URL."""
-  data = tmp_path / 'pgdata'
-  data.mkdir()
+  del tmp_path
+  # Outside pytest's 0700 tree, which the postgres user cannot enter.
+  root = tempfile.mkdtemp(prefix='detector-pg-')
+  data = os.path.join(root, 'data')
   as_user = []
   if os.geteuid() == 0:  # The server refuses to run as root.
-    shutil.chown(data, 'postgres')
-    os.chmod(tmp_path, 0o755)
+    shutil.chown(root, 'postgres')
     as_user = ['runuser', '-u', 'postgres', '--']
   with socket.socket() as sock:
     sock.bind(('127.0.0.1', 0))
     port = sock.getsockname()[1]
-  subprocess.run(as_user + [_pg_bin('initdb'), '-D', str(data), '-A', 'trust',
-                            '-U', 'postgres'], check=True, capture_output=True)
-  subprocess.run(as_user + [
-      _pg_bin('pg_ctl'), '-D', str(data), '-w', '-l', str(data / 'log'),
-      '-o', f'-p {port} -k {data} -c listen_addresses=127.0.0.1', 'start'],
-                 check=True, capture_output=True)
+  def run(*args):
+    proc = subprocess.run(as_user + list(args), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
+  run(_pg_bin('initdb'), '-D', data, '-A', 'trust', '-U', 'postgres')
+  run(_pg_bin('pg_ctl'), '-D', data, '-w', '-l', os.path.join(root, 'log'),
+      '-o', f'-p {port} -k {root} -c listen_addresses=127.0.0.1', 'start')
   yield f'postgresql://postgres@127.0.0.1:{port}/postgres'
-  subprocess.run(as_user + [_pg_bin('pg_ctl'), '-D', str(data), '-m', 'fast',
-                            'stop'], capture_output=True)
+  subprocess.run(as_user + [_pg_bin('pg_ctl'), '-D', data, '-m', 'fast',
+                            'stop'], capture_output=True, timeout=120)
+  shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_workers_on_postgresql(tmp_path, tiny_data_dir, postgresql):
