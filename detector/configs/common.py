@@ -119,6 +119,9 @@ def _data(config, dataset):
   config.extra_train_datasets = ()
   config.eval_split = 'validation'   # Evaluated during and after training ('' skips).
   config.test_split = 'test'         # Written to workdir/eval/*_test.json ('' skips).
+  # After training or --mode=evaluate, eval/report_<split>.html for each
+  # split scored (python -m detector.report writes it on demand).
+  config.eval_report = True
   # Images of eval_split that the monitoring reference (drift and canary of
   # `python -m detector.serve`) is made of when training ends; 0 skips it.
   config.monitoring_images = 1000
@@ -227,6 +230,7 @@ def make_tiny(config: ml_collections.ConfigDict, image_size: int,
   config.num_train_steps = 6
   config.log_every_steps = 2
   config.checkpoint_every_steps = 3
+  config.eval_report = False  # Seconds of figures would double a smoke run.
 
 
 def make_tiny_detection(config: ml_collections.ConfigDict, image_size: int):

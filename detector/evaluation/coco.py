@@ -106,7 +106,8 @@ def check(groundtruth: dict, detections: Sequence[dict]) -> dict:
 
 
 def evaluator(groundtruth: dict, detections: Sequence[dict],
-              extra_calc: bool = False) -> Tuple[COCOeval_faster, Dict]:
+              extra_calc: bool = False,
+              own_area: bool = False) -> Tuple[COCOeval_faster, Dict]:
   """The bbox evaluator of checked copies of the inputs, not yet run.
 
   Args:
@@ -114,6 +115,8 @@ def evaluator(groundtruth: dict, detections: Sequence[dict],
     detections: list of COCO result dicts, boxes [x, y, w, h].
     extra_calc: also record each match (`eval['matched']` after
       `accumulate`: {"<detection id>_<annotation id>": IoU}).
+    own_area: the detections carry the "area" that area ranges compare
+      (`loadRes` would set w * h), for ranges over another property.
 
   Returns:
     (COCOeval_faster with pycocotools' default parameters, {category id:
@@ -133,7 +136,10 @@ def evaluator(groundtruth: dict, detections: Sequence[dict],
              'annotations': annotations}
   with quiet():
     coco_gt = COCO(dataset)
-    if detections:
+    if detections and own_area:
+      coco_dt = COCO(dict(dataset, annotations=[
+          dict(d, id=i + 1, iscrowd=0) for i, d in enumerate(detections)]))
+    elif detections:
       coco_dt = coco_gt.loadRes([dict(d) for d in detections])
     else:  # loadRes reads the first result, so an empty set is built directly.
       coco_dt = COCO(dict(dataset, annotations=[]))

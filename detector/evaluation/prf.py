@@ -28,41 +28,69 @@ import numpy as np
 
 from detector.evaluation import coco
 
-_FP, _TP, _IGNORED = 0, 1, 2
+FP, TP, IGNORED, UNSCORED = 0, 1, 2, 3
 
 
-def _match(groundtruth: dict, detections: Sequence[dict], iou_threshold: float):
+def rank_in_image(detections: Sequence[dict]) -> np.ndarray:
+  """[D] each detection's rank by descending score among the detections of
+  its image and category (ties in input order), as COCO truncates them."""
+  groups = {}
+  for i, d in enumerate(detections):
+    groups.setdefault((d['image_id'], d['category_id']), []).append(i)
+  rank = np.zeros(len(detections), np.int64)
+  for members in groups.values():
+    scores = np.array([detections[i]['score'] for i in members], np.float64)
+    rank[np.array(members)[np.argsort(-scores, kind='stable')]] = np.arange(
+        len(members))
+  return rank
+
+
+def match(groundtruth: dict, detections: Sequence[dict], iou_threshold: float,
+           max_dets: Optional[int] = None, with_gt: bool = False):
   """COCO's matching of every detection at one IoU threshold.
+
+  Args:
+    max_dets: COCO's cap on detections per image and category (the others
+      are UNSCORED); None for no cap.
+    with_gt: also return each detection's matched annotation.
 
   Returns:
     category: [D] int64 index of each detection's category in `names`.
-    outcome: [D] int8 _TP, _FP or _IGNORED per detection (input order).
+    outcome: [D] int8 TP, FP, IGNORED or UNSCORED per detection (input
+      order).
     num_gt: [K] int64 non-crowd ground truths per category.
     names: K category names, ascending id.
+    (with_gt) matched: [D] int64 index into groundtruth['annotations'] of
+      each detection's match, -1 for none.
   """
   evaluation, names = coco.evaluator(groundtruth, detections, extra_calc=True)
   params = evaluation.params
   params.iouThrs = np.array([iou_threshold], np.float64)
-  # Unbounded areas and no cap per image: matching with only crowds ignored.
+  # Unbounded areas: matching with only crowds ignored.
   params.areaRng, params.areaRngLbl = [[0.0, np.inf]], ['all']
-  params.maxDets = [max(len(detections), 1)]
+  params.maxDets = [max(len(detections), 1) if max_dets is None else max_dets]
   with coco.quiet():
     evaluation.evaluate()
     evaluation.accumulate()
   cat_ids = sorted(names)
   index = {cat: k for k, cat in enumerate(cat_ids)}
   category = np.array([index[d['category_id']] for d in detections], np.int64)
-  outcome = np.full(len(detections), _FP, np.int8)
+  outcome = np.full(len(detections), FP, np.int8)
+  matched = np.full(len(detections), -1, np.int64)
   annotations = groundtruth.get('annotations', [])
   crowd = np.array([bool(a.get('iscrowd', 0)) for a in annotations], bool)
   # "<detection id>_<annotation id>": both numbered from 1 in list order.
   for key in evaluation.eval['matched']:
     dt_id, gt_id = (int(i) - 1 for i in key.split('_'))
-    outcome[dt_id] = _IGNORED if crowd[gt_id] else _TP
+    outcome[dt_id] = IGNORED if crowd[gt_id] else TP
+    matched[dt_id] = gt_id
+  if max_dets is not None and len(detections):
+    outcome[rank_in_image(detections) >= max_dets] = UNSCORED
   gt_category = np.array([index[a['category_id']] for a in annotations],
                          np.int64)
   num_gt = np.bincount(gt_category[~crowd], minlength=len(cat_ids))
-  return category, outcome, num_gt, [names[cat] for cat in cat_ids]
+  result = (category, outcome, num_gt, [names[cat] for cat in cat_ids])
+  return result + (matched,) if with_gt else result
 
 
 def _ratios(tp, fp, fn):
@@ -106,9 +134,9 @@ def precision_recall_f1(groundtruth: dict, detections: Sequence[dict],
   """
   coco.check(groundtruth, detections)  # errors name the caller's indices
   kept = [d for d in detections if d['score'] >= score_threshold]
-  category, outcome, num_gt, names = _match(groundtruth, kept, iou_threshold)
-  tp = np.bincount(category[outcome == _TP], minlength=len(names))
-  fp = np.bincount(category[outcome == _FP], minlength=len(names))
+  category, outcome, num_gt, names = match(groundtruth, kept, iou_threshold)
+  tp = np.bincount(category[outcome == TP], minlength=len(names))
+  fp = np.bincount(category[outcome == FP], minlength=len(names))
   fn = num_gt - tp
   result = _report(tp.sum(), fp.sum(), fn.sum())
   result['score_threshold'] = float(score_threshold)
@@ -130,8 +158,8 @@ def _sweep_counts(scores, outcome, num_gt, thresholds):
     tp, fp, fn: [S] int64 counts over detections with score >= threshold.
   """
   order = np.argsort(scores, kind='stable')
-  is_tp = np.r_[0, np.cumsum(outcome[order][::-1] == _TP)]
-  is_fp = np.r_[0, np.cumsum(outcome[order][::-1] == _FP)]
+  is_tp = np.r_[0, np.cumsum(outcome[order][::-1] == TP)]
+  is_fp = np.r_[0, np.cumsum(outcome[order][::-1] == FP)]
   # Detections with score >= s are the last (N - searchsorted) in ascending
   # order, i.e. the first that many of the reversed cumulative counts.
   above = len(scores) - np.searchsorted(scores[order], thresholds, 'left')
@@ -165,7 +193,7 @@ def precision_recall_f1_sweep(groundtruth: dict, detections: Sequence[dict],
   Raises:
     ValueError: see `coco.check`.
   """
-  category, outcome, num_gt, names = _match(groundtruth, detections,
+  category, outcome, num_gt, names = match(groundtruth, detections,
                                             iou_threshold)
   scores = np.array([d['score'] for d in detections], np.float64).reshape(-1)
   if score_thresholds is None:

@@ -85,6 +85,20 @@ def workdir_fn(task, model, model_config, input_size) -> Callable:
   return serve
 
 
+def workdir_config(path: str, step: Optional[int] = None
+                   ) -> ml_collections.ConfigDict:
+  """The config saved with a workdir's latest checkpoint (or `step`).
+
+  Raises:
+    errors.ConfigError: no such checkpoint.
+  """
+  mngr, step = _checkpoint_step(path, step)
+  try:
+    return _config_of(checkpoints.read_meta(mngr, step), path)
+  finally:
+    mngr.close()
+
+
 def _read_classes(path):
   file = os.path.join(path, 'classes.json')
   if not os.path.isfile(file):

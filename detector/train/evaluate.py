@@ -253,4 +253,8 @@ def evaluate_all(config, setup, state, workdir, writer) -> dict:
                                         out_dir=out_dir, keep_images=keep)
     if metrics is not None:
       result[split] = metrics
+  if config.get('eval_report', False) and jax.process_index() == 0:
+    from detector import report  # pylint: disable=g-import-not-at-top
+    for split in result:
+      report.write(workdir, split, config=config, writer=writer)
   return result
