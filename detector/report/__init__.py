@@ -113,8 +113,9 @@ def write(workdir: str, split: str = 'test', config=None, writer=None,
       logging.warning('Report of %s: no images drawn (%s)', split, e)
   step = metrics.get('step') if step is None else step
   title = f'Evaluation report: {split} split'
+  count = metrics.get('num_images', metrics.get('num_examples', '?'))
   subtitle = (f'{os.path.abspath(workdir)}, step {step}, dataset '
-              f'{metrics.get("dataset", "?")}, {metrics.get("num_images", metrics.get("num_examples", "?"))} images')
+              f'{metrics.get("dataset", "?")}, {count} images')
 
   def guarded(reader):
     if reader is None:

@@ -70,6 +70,8 @@ def trial_config(sweep: Sweep, values: Dict[str, Any]):
     config.test_split = ''
     if 'monitoring_images' in config:
       config.monitoring_images = 0
+    if 'eval_report' in config:  # Seconds a trial; the scored ones get theirs.
+      config.eval_report = False
     if not config.eval_every_steps:
       if config.num_epochs:
         raise errors.ConfigError(
@@ -272,6 +274,8 @@ def score_on_test(sweep: Sweep, number: int) -> Optional[dict]:
   with config.unlocked():
     config.eval_split = ''  # Validation was scored during the trial.
     config.test_split = sweep.test_split
+    if 'eval_report' in config:
+      config.eval_report = sweep.base.eval_report
   logging.info('Scoring trial %d on the %s split.', number, sweep.test_split)
   return train.evaluate_checkpoint(config.lock(), sweep.trial_dir(number))
 
