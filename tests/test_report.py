@@ -422,3 +422,22 @@ def test_cli_rewrites_the_report(workdir):
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == html
   assert os.path.isfile(html)
+
+
+def test_report_stands_when_the_images_cannot_be_read(workdir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from detector import report  # pylint: disable=g-import-not-at-top
+  os.makedirs(tmp_path / 'eval')
+  for name in ('metrics', 'groundtruth', 'detections'):
+    shutil.copy(os.path.join(workdir, 'eval', f'{name}_test.json'),
+                tmp_path / 'eval')
+
+  def unreadable(wanted):
+    del wanted
+    raise OSError('the dataset is gone')
+
+  out = report.write(str(tmp_path), 'test', images=unreadable)
+  assert 'worst_images' not in out['figures']
+  assert 'pr_curves' in out['figures']
+  with open(out['html']) as f:
+    assert 'The images are not drawn' in f.read()

@@ -257,14 +257,14 @@ def sections(analysis: dict, metrics: dict, class_names: List[str],
                  figures.ap_by_range(groups)))
 
   blocks.append(('h2', 'Images with the most errors'))
+  pixels = images(e['image_id'] for e in worst) if worst and images else {}
+  shown = [e for e in worst if e['image_id'] in pixels]
   if not worst:
     blocks.append(('p', f'No image has an error at score {threshold:g}.'))
-  elif images is None:
+  elif not shown:
     blocks.append(('p', 'The images are not drawn: the split\'s images '
                    'could not be read (see the log).'))
   else:
-    pixels = images(e['image_id'] for e in worst)
-    shown = [e for e in worst if e['image_id'] in pixels]
     blocks.append(('figure', 'legend', 'Box colours.', figures.legend_strip()))
     blocks.append(('figure', 'worst_images',
                    f'The {len(shown)} images with the most errors at score '
