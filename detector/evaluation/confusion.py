@@ -51,9 +51,9 @@ def confusion_matrix(groundtruth: dict, detections: Sequence[dict],
   category, outcome, _, names, matched = prf.match(
       groundtruth, chosen, iou_threshold, with_gt=True)
   annotations = groundtruth.get('annotations', [])
-  index = {name: k for k, name in enumerate(names)}
-  cat_index = {c['id']: index[str(c.get('name', c['id']))]
-               for c in groundtruth.get('categories', [])}
+  # prf.match orders the categories by ascending id.
+  cat_index = {cat: k for k, cat in enumerate(sorted(
+      c['id'] for c in groundtruth.get('categories', [])))}
   background = len(names)
   matrix = np.zeros((background + 1, background + 1), np.int64)
   cell = [None] * len(detections)
@@ -67,8 +67,8 @@ def confusion_matrix(groundtruth: dict, detections: Sequence[dict],
   for j, a in enumerate(annotations):
     if not a.get('iscrowd', 0) and j not in taken:
       free.setdefault(a['image_id'], []).append(j)
-  false_pos = [n for n in np.flatnonzero(outcome == prf.FP)]
-  false_pos.sort(key=lambda n: -chosen[n]['score'])
+  false_pos = sorted(np.flatnonzero(outcome == prf.FP),
+                     key=lambda n: -chosen[n]['score'])
   for n in false_pos:
     d = chosen[n]
     row = background

@@ -136,17 +136,18 @@ def ap_by_range(groundtruth: dict, detections: Sequence[dict],
   # COCO keys its area ranges on the "area" field of both sides, so the
   # property goes there; built directly, as loadRes would overwrite it.
   results = [dict(d, area=value(d, False)) for d in detections]
+  evaluation, _ = coco.evaluator(dict(groundtruth, annotations=annotations),
+                                 results, own_area=True)
+  evaluation.params.areaRng = [[float(low), float(high)]
+                               for low, high in ranges.values()]
+  evaluation.params.areaRngLbl = list(ranges)
+  with coco.quiet():
+    evaluation.evaluate()
+    evaluation.accumulate()
+  t50 = int(np.flatnonzero(evaluation.params.iouThrs == .5)[0])
   out = {}
-  for label, (low, high) in ranges.items():
-    evaluation, _ = coco.evaluator(dict(groundtruth, annotations=annotations),
-                                   results, own_area=True)
-    evaluation.params.areaRng = [[float(low), float(high)]]
-    evaluation.params.areaRngLbl = ['range']
-    with coco.quiet():
-      evaluation.evaluate()
-      evaluation.accumulate()
-    precision = evaluation.eval['precision'][:, :, :, 0, -1]  # [T, R, K]
-    t50 = int(np.flatnonzero(evaluation.params.iouThrs == .5)[0])
+  for r, (label, (low, high)) in enumerate(ranges.items()):
+    precision = evaluation.eval['precision'][:, :, :, r, -1]  # [T, R, K]
     # Classes without ground truth in range hold -1 and are left out.
     valid = precision[0, 0, :] > -1
     ap = float(np.mean(precision[:, :, valid])) if valid.any() else -1.0

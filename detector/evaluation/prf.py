@@ -31,7 +31,7 @@ from detector.evaluation import coco
 FP, TP, IGNORED, UNSCORED = 0, 1, 2, 3
 
 
-def rank_in_image(detections: Sequence[dict]) -> np.ndarray:
+def _rank_in_image(detections: Sequence[dict]) -> np.ndarray:
   """[D] each detection's rank by descending score among the detections of
   its image and category (ties in input order), as COCO truncates them."""
   groups = {}
@@ -85,7 +85,7 @@ def match(groundtruth: dict, detections: Sequence[dict], iou_threshold: float,
     outcome[dt_id] = IGNORED if crowd[gt_id] else TP
     matched[dt_id] = gt_id
   if max_dets is not None and len(detections):
-    outcome[rank_in_image(detections) >= max_dets] = UNSCORED
+    outcome[_rank_in_image(detections) >= max_dets] = UNSCORED
   gt_category = np.array([index[a['category_id']] for a in annotations],
                          np.int64)
   num_gt = np.bincount(gt_category[~crowd], minlength=len(cat_ids))
@@ -146,6 +146,17 @@ def precision_recall_f1(groundtruth: dict, detections: Sequence[dict],
   return result
 
 
+def _best(thresholds, precision, recall, f1) -> Optional[dict]:
+  """The sweep's point of highest F1 (thresholds descend, so the first
+  maximum is the highest threshold among equal F1s); None without points."""
+  if not len(thresholds):
+    return None
+  i = int(np.argmax(f1))
+  return {'score_threshold': float(thresholds[i]),
+          'precision': float(precision[i]), 'recall': float(recall[i]),
+          'f1': float(f1[i])}
+
+
 def _sweep_counts(scores, outcome, num_gt, thresholds):
   """TP/FP/FN at each threshold from one matching.
 
@@ -188,7 +199,7 @@ def precision_recall_f1_sweep(groundtruth: dict, detections: Sequence[dict],
     arrays; 'best': the {'score_threshold', 'precision', 'recall', 'f1'} of the
     highest F1 (the highest threshold among equal F1s; None if S == 0);
     'iou_threshold'; 'per_class': {category name: {'precision', 'recall',
-    'f1', 'tp', 'fp', 'fn'} [S] arrays}.
+    'f1', 'tp', 'fp', 'fn'} [S] arrays and the class's 'best'}.
 
   Raises:
     ValueError: see `coco.check`.
@@ -204,12 +215,8 @@ def precision_recall_f1_sweep(groundtruth: dict, detections: Sequence[dict],
   precision, recall, f1 = _ratios(tp, fp, fn)
   result = {'score_thresholds': thresholds, 'precision': precision,
             'recall': recall, 'f1': f1, 'tp': tp, 'fp': fp, 'fn': fn,
-            'iou_threshold': float(iou_threshold), 'best': None}
-  if len(thresholds):
-    i = int(np.argmax(f1))
-    result['best'] = {'score_threshold': float(thresholds[i]),
-                      'precision': float(precision[i]),
-                      'recall': float(recall[i]), 'f1': float(f1[i])}
+            'iou_threshold': float(iou_threshold),
+            'best': _best(thresholds, precision, recall, f1)}
   per_class = {}
   for k, name in enumerate(names):
     mine = category == k
@@ -218,5 +225,6 @@ def precision_recall_f1_sweep(groundtruth: dict, detections: Sequence[dict],
     ratios = _ratios(*counts)
     per_class[name] = dict(zip(('precision', 'recall', 'f1'), ratios))
     per_class[name].update(zip(('tp', 'fp', 'fn'), counts))
+    per_class[name]['best'] = _best(thresholds, *ratios)
   result['per_class'] = per_class
   return result

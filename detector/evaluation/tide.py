@@ -51,6 +51,9 @@ def box_iou(a: np.ndarray, b: np.ndarray, crowd: np.ndarray = None):
   """pycocotools' IoU of [N, 4] and [M, 4] [x, y, w, h] boxes -> [N, M].
 
   Where crowd[j], the union is the area of a's box (COCO's crowd IoU).
+  Not `ops.boxes.pairwise_iou`: that takes corners and has no crowd IoU,
+  and areas from corners round differently from w * h, which moves IoUs
+  that sit exactly at a threshold.
   """
   a = np.asarray(a, np.float64).reshape(-1, 4)
   b = np.asarray(b, np.float64).reshape(-1, 4)

@@ -24,17 +24,10 @@ MAX_CLASS_PANELS = 30  # PR panels drawn; tables list every class.
 
 
 def _f1_optimal(sweep: dict) -> dict:
-  """The F1-optimal threshold overall and per class (the highest threshold
-  among equal F1s), None where no detection exists."""
-  def best(f1, precision, recall):
-    if not len(f1):
-      return None
-    i = int(np.argmax(f1))  # Thresholds descend: the first max is highest.
-    return {'score_threshold': float(sweep['score_thresholds'][i]),
-            'f1': float(f1[i]), 'precision': float(precision[i]),
-            'recall': float(recall[i])}
+  """The sweep's F1-optimal points, overall and per class (None where no
+  detection exists)."""
   return {'overall': sweep['best'], 'iou_threshold': sweep['iou_threshold'],
-          'per_class': {name: best(c['f1'], c['precision'], c['recall'])
+          'per_class': {name: c['best']
                         for name, c in sweep['per_class'].items()}}
 
 
@@ -118,7 +111,7 @@ def worst_images(groundtruth: dict, detections: List[dict], analysis: dict,
 
   def entry(image_id):
     return per_image.setdefault(image_id, {'image_id': image_id, 'errors': 0,
-                                           'boxes': [], 'missed': []})
+                                           'boxes': []})
   missed = set(analysis['confusion']['missed'])
   for j, a in enumerate(annotations):
     e = entry(a['image_id'])

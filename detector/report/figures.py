@@ -147,14 +147,6 @@ def ap_by_range(groups: Dict[str, Dict[str, dict]]) -> np.ndarray:
   return _pixels(fig, canvas)
 
 
-def _font(size: int):
-  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
-  try:
-    return ImageFont.load_default(size=size)
-  except TypeError:  # Pillow without scalable default fonts.
-    return ImageFont.load_default()
-
-
 def labelled_image(image: np.ndarray, boxes: List[Tuple], upscale: int = 2
                    ) -> np.ndarray:
   """Draws labelled boxes on a copy of `image`.
@@ -165,13 +157,13 @@ def labelled_image(image: np.ndarray, boxes: List[Tuple], upscale: int = 2
     upscale: integer enlargement, so that labels stay legible on small
       images.
   """
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
   image = np.asarray(image, np.uint8)
   scale = max(1, int(upscale))
   pil = Image.fromarray(image).resize(
       (image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
   draw = ImageDraw.Draw(pil)
-  font = _font(10)
+  font = ImageFont.load_default(size=10)
   for (x, y, w, h), colour, text in boxes:
     x0, y0, x1, y1 = x * scale, y * scale, (x + w) * scale, (y + h) * scale
     draw.rectangle([x0, y0, max(x1 - 1, x0), max(y1 - 1, y0)],
