@@ -61,7 +61,7 @@ def main(argv):
             f'--config.eval_every_steps={FLAGS.eval_every}',
             f'--config.checkpoint_every_steps={FLAGS.eval_every}',
             f'--config.optimizer.warmup_steps={max(1, FLAGS.steps // 10)}',
-            f'--config.model.retinanet.anchor_scale={FLAGS.anchor_scale}',
+            f'--config.model.efficientdet.anchor_scale={FLAGS.anchor_scale}',
             *[f'--config.{o}' for o in FLAGS.override]]
   runs = {'imagenet': [f'--config.init_from={weights}'], 'scratch': []}
   seconds = {}

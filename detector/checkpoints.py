@@ -6,10 +6,11 @@ with the step and the config it was written with. The position in the data is
 the step: the input pipeline is a pure function of (seed, step).
 
 Resume order (the trainer): (1) the latest checkpoint in the workdir, whole
-state; else (2) a fresh initialisation whose backbone is overwritten from
-`config.init_from`, a file converted by `python -m detector.port`
-(`resolve_init_from` checks it against the config first, `load_backbone`
-copies it); else (3) the fresh initialisation alone. A run started from
+state; else (2) a fresh initialisation overwritten from `config.init_from`, a
+file converted by `python -m detector.port` (`resolve_init_from` checks it
+against the config first; `load_backbone` copies an ImageNet backbone,
+`load_detector` a whole detector's backbone, neck and head, its class layer
+fitted to the dataset's classes); else (3) the fresh initialisation alone. A run started from
 `init_from` and interrupted therefore resumes from its checkpoint, never from
 the ImageNet weights again.
 """
@@ -291,7 +292,9 @@ def resolve_init_from(config: ml_collections.ConfigDict,
   ConfigError naming the key and the value to set. `model_config.norm_epsilon`
   (None) and `pixel_mean` / `pixel_std` (empty) are taken from the file,
   which records what the weights were trained with; values set explicitly and
-  different from the file's are kept, with a warning.
+  different from the file's are kept, with a warning. A whole-detector file
+  (unless config.init_from_scope='backbone') must also have the config's
+  neck and head architecture (`_check_detector`).
 
   Args:
     config: the experiment config (reads `init_from`).
@@ -320,6 +323,9 @@ def resolve_init_from(config: ml_collections.ConfigDict,
           f'config.model.{model_config.backbone}.{key}='
           f'{sub.get(key, "<not set>")!r}; set '
           f'--config.model.{model_config.backbone}.{key}={value}')
+  if meta.get('kind') == 'detector' and config.get(
+      'init_from_scope', 'all') == 'all' and 'neck' in model_config:
+    _check_detector(what, meta, model_config)
   prep = meta['preprocessing']
   for key, value in (('norm_epsilon', meta['norm_epsilon']),
                      ('pixel_mean', tuple(prep['mean'])),
@@ -331,6 +337,65 @@ def resolve_init_from(config: ml_collections.ConfigDict,
       logging.warning('config.model.%s=%s differs from %s, which was trained '
                       'with %s; keeping the config\'s value.', key, here, what,
                       value)
+
+
+# Settings of a neck or head that change what its weights compute (the rest
+# are losses, matching and decoding, free to differ when fine-tuning).
+_HEAD_ANCHORS = ('num_scales', 'aspect_ratios', 'anchor_scale', 'anchor_style')
+_HEAD_ARCHITECTURE = ('min_level', 'max_level', 'width', 'num_convs',
+                      'use_norm', 'act', 'redundant_bias')
+
+
+def _check_detector(what, meta, model_config):
+  """A whole-detector file against the config: the same neck and head with
+  the same architecture (else a ConfigError naming the key and value to
+  set); other anchors only warn, as fine-tuning can re-learn them. Fills
+  `backbone_norm_epsilon` from the file when unset."""
+  file_model = meta['model']
+  for key in ('neck', 'head'):
+    if file_model[key] != model_config[key]:
+      raise errors.ConfigError(
+          f'{what} is a detector with {key} {file_model[key]!r} but '
+          f'config.model.{key}={model_config[key]!r}; set '
+          f'--config.model.{key}={file_model[key]}')
+  neck, head = model_config.neck, model_config.head
+  checks = [(neck, k, True) for k in file_model[neck]]
+  checks += [(head, k, True) for k in _HEAD_ARCHITECTURE]
+  checks += [(head, k, False) for k in _HEAD_ANCHORS]
+  for part, key, required in checks:
+    if key not in file_model[part]:
+      continue
+    value = file_model[part][key]
+    here = model_config[part].get(key, '<not set>')
+    if _plain(here) == _plain(value):
+      continue
+    message = (f'{what} was converted with model.{part}.{key}={value!r} but '
+               f'config.model.{part}.{key}={here!r}')
+    if required:
+      raise errors.ConfigError(f'{message}; set --config.model.{part}.{key}='
+                               f'{_flag(value)}')
+    logging.warning('%s: the file\'s head predicts boxes against other '
+                    'anchors, which fine-tuning must re-learn.', message)
+  if (model_config.get('backbone_norm_epsilon', None) is None
+      and file_model.get('backbone_norm_epsilon') is not None):
+    model_config.backbone_norm_epsilon = file_model['backbone_norm_epsilon']
+
+
+def _plain(value):
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def _flag(value):
+  """`value` as a --config flag takes it (tuples, not JSON lists)."""
+  if isinstance(value, list):
+    return '"' + repr(tuple(_plain_tuple(v) for v in value)) + '"'
+  return value
+
+
+def _plain_tuple(value):
+  return tuple(_plain_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 def _groups(paths):
@@ -349,6 +414,8 @@ def load_backbone(state, path: str, key: str = 'backbone'):
   the loaded weights too.
   """
   variables, meta = weights_lib.load(path)
+  if meta.get('kind') == 'detector':  # Its backbone, for another model.
+    variables = {c: tree.get('backbone', {}) for c, tree in variables.items()}
   flat_file = weights_lib.flatten(variables)
   target = {}
   for collection in ('params', 'batch_stats'):
@@ -406,11 +473,14 @@ def _loadable(path, flat_file, target):
 
 
 def _put(tree, values, key):
-  """`tree` with the leaves under `key` that `values` ({path below key:
-  array}) holds replaced, each placed in the leaf's sharding."""
+  """`tree` with the leaves under `key` ('' for all) that `values` ({path
+  below key: array}) holds replaced, each placed in the leaf's sharding."""
   new = {}
   for p, leaf in weights_lib.flatten(tree).items():
-    value = values.get(p[len(key) + 1:]) if p.startswith(key + '/') else None
+    if not key:
+      value = values.get(p)
+    else:
+      value = values.get(p[len(key) + 1:]) if p.startswith(key + '/') else None
     if value is None:
       new[p] = leaf
     else:  # Each process places its own shards (works for any sharding).
@@ -418,3 +488,104 @@ def _put(tree, values, key):
       new[p] = jax.make_array_from_callback(
           value.shape, leaf.sharding, lambda index, v=value: v[index])
   return weights_lib.unflatten(new)
+
+
+def class_layers(head: str):
+  """The module names, under 'head', of `head`'s class prediction layer."""
+  from detector import models  # pylint: disable=g-import-not-at-top
+  return models.head_module(head).CLASS_LAYERS
+
+
+def load_detector(state, path: str, class_names, head: str):
+  """Returns `state` with every variable of the whole-detector file `path`.
+
+  Every array is copied but the class prediction layer (`class_layers`)
+  when the file's classes are not the dataset's `class_names`: if each of
+  them is among the file's labels (by name, case and '_' / ' ' ignored),
+  that layer's outputs for them are taken, in the dataset's order (COCO's
+  80 from a 90-class file, say); otherwise it keeps its fresh
+  initialisation, for fine-tuning. The log names what was loaded, fitted or
+  re-initialised; any other shape mismatch is a ConfigError naming the
+  variable. The EMA, when kept, starts from the result too.
+  """
+  variables, meta = weights_lib.load(path)
+  flat_file = weights_lib.flatten(variables)
+  target = {}
+  for collection in ('params', 'batch_stats'):
+    target.update(weights_lib.flatten({collection: getattr(state, collection)}))
+  layers = tuple(class_layers(head))
+  is_class = lambda p: p.split('/')[2:3] and p.split('/')[2] in layers and (
+      p.split('/')[1] == 'head')
+  values, refit, fresh = {}, [], []
+  labels = list(meta.get('labels') or [])
+  same_classes = [_label_key(n) for n in labels] == [
+      _label_key(n) for n in class_names]
+  picks = _class_picks(labels, class_names)
+  for p, leaf in target.items():
+    if p not in flat_file:
+      continue
+    array = flat_file[p]
+    if is_class(p) and not same_classes:
+      if picks is not None and array.shape[-1] % len(labels) == 0:
+        per_anchor = array.shape[-1] // len(labels)
+        taken = array.reshape(array.shape[:-1] + (per_anchor, len(labels)))
+        array = taken[..., picks].reshape(array.shape[:-1] + (-1,))
+        refit.append(p)
+      elif tuple(array.shape) != tuple(leaf.shape):
+        fresh.append(p)
+        continue
+    if tuple(array.shape) != tuple(leaf.shape):
+      raise errors.ConfigError(
+          f'config.init_from={path}: {p} has shape {tuple(array.shape)}, the '
+          f'configured model needs {tuple(leaf.shape)}')
+    values[p] = array
+  missing = sorted(set(target) - set(values) - set(fresh))
+  unused = sorted(set(flat_file) - set(target))
+  logging.info('init_from %s (%s from %s, a detector of %d classes): loaded '
+               '%d of the model\'s %d arrays.', path, meta.get('arch'),
+               meta.get('source'), len(labels), len(values), len(target))
+  if refit:
+    logging.info('init_from: class layer %s: the outputs of the dataset\'s '
+                 '%d classes taken from the file\'s %d by name.',
+                 ', '.join(refit), len(class_names), len(labels))
+  if fresh:
+    logging.warning('init_from: class layer %s re-initialised: the file\'s '
+                    '%d classes are not the dataset\'s %d (%s...).',
+                    ', '.join(fresh), len(labels), len(class_names),
+                    ', '.join(list(class_names)[:4]))
+  if missing:
+    logging.warning('init_from: missing from the file (left as initialised): '
+                    '%s', ', '.join(missing[:20]))
+  if unused:
+    logging.warning('init_from: in the file but unused: %s',
+                    ', '.join(unused[:20]))
+  by_collection = collections.defaultdict(dict)
+  for p, value in values.items():
+    collection, rest = p.split('/', 1)
+    by_collection[collection][rest] = value
+  put = lambda collection, tree: _put(tree, by_collection[collection], '')
+  ema = state.ema
+  if ema is not None:
+    ema = {'params': put('params', ema['params']),
+           'batch_stats': put('batch_stats', ema['batch_stats'])}
+  return state.replace(params=put('params', state.params),
+                       batch_stats=put('batch_stats', state.batch_stats),
+                       ema=ema)
+
+
+def _label_key(name):
+  return str(name).lower().replace('_', ' ').strip()
+
+
+def _class_picks(labels, class_names):
+  """Indices into `labels` of each of `class_names` (by name), or None when
+  one is missing."""
+  index = {}
+  for i, name in enumerate(labels):
+    index.setdefault(_label_key(name), i)
+  picks = [index.get(_label_key(n)) for n in class_names]
+  return None if not picks or None in picks else picks
+
+
+def is_detector_file(path: str) -> bool:
+  return bool(path) and weights_lib.load_metadata(path).get('kind') == 'detector'

@@ -53,12 +53,13 @@ def detection_config() -> ml_collections.ConfigDict:
   _model(config)
   config.model.neck = 'fpn'
   config.model.fpn = ml_collections.ConfigDict(dict(
-      min_level=2, max_level=5, width=64, use_norm=True))
+      min_level=2, max_level=5, width=64, use_norm=True,
+      extra_padding='same'))
   config.model.head = 'centernet'     # 'centernet' or 'retinanet'.
   # Each head's options and their defaults are its module's `Options`
   # (detector/models/heads/<head>.py, with a comment per option).
-  config.model.centernet = _options(centernet.Options())
-  config.model.retinanet = _options(retinanet.Options())
+  config.model.centernet = options(centernet.Options())
+  config.model.retinanet = options(retinanet.Options())
   config.model.score_threshold = 0.05  # Detections below are not kept.
   config.model.nms_iou_threshold = 0.5
   config.model.max_detections = 100
@@ -149,6 +150,9 @@ def _model(config):
   config.model.norm_momentum = 0.9
   # None: the epsilon `init_from`'s weights were trained with, else 1e-5.
   config.model.norm_epsilon = ml_collections.FieldReference(None, field_type=float)
+  # The backbone's, when it differs (None: norm_epsilon).
+  config.model.backbone_norm_epsilon = ml_collections.FieldReference(
+      None, field_type=float)
   config.model.dtype = 'float32'      # Compute dtype; parameters stay float32.
   # Depthwise convs (EfficientNet, BiFPN): 'auto' (shifted multiply-adds on
   # the CPU backend, where XLA's grouped conv is slow; the library conv
@@ -166,7 +170,16 @@ def _optimizer_and_loop(config):
   config.optimizer.name = 'adamw'     # 'adamw' or 'sgd' (momentum).
   config.optimizer.learning_rate = 3e-3  # Peak, reached after warm-up.
   config.optimizer.warmup_steps = 400
+  # Warm-up starts at peak * this (linear to the peak): 0.001 is Detectron2's
+  # WARMUP_FACTOR, 0.1 EfficientDet's lr_warmup_init / learning_rate.
+  config.optimizer.warmup_init_factor = 0.0
+  # After warm-up: 'cosine' (to peak * end_learning_rate_factor at the last
+  # step) or 'step' (peak * decay_factor once each of decay_steps, absolute
+  # step numbers, has run: Detectron2's STEPS and GAMMA).
+  config.optimizer.schedule = 'cosine'
   config.optimizer.end_learning_rate_factor = 0.01  # Cosine decays to peak * this.
+  config.optimizer.decay_steps = ()   # 'step': e.g. (60000, 80000); < the run's steps.
+  config.optimizer.decay_factor = 0.1  # 'step': multiplier at each decay step.
   config.optimizer.weight_decay = 5e-4   # Not applied to norm scales and biases.
   config.optimizer.momentum = 0.9      # SGD momentum.
   config.optimizer.nesterov = True
@@ -179,6 +192,10 @@ def _optimizer_and_loop(config):
   # A file from `python -m detector.port` (ImageNet weights) for the backbone;
   # used when the workdir has no checkpoint yet. '' starts from scratch.
   config.init_from = ''
+  # What of an init_from file holding a whole detector is loaded: 'all'
+  # (backbone, neck and head; the class layer fitted to the dataset's
+  # classes by name, else re-initialised) or 'backbone'.
+  config.init_from_scope = 'all'
 
   config.ema_decay = 0.999            # EMA of the weights used for evaluation; 0: off.
   config.batch_size = 16              # Global, over all devices and processes.
@@ -211,7 +228,7 @@ def _optimizer_and_loop(config):
   config.profile_steps = ()
 
 
-def _options(options) -> ml_collections.ConfigDict:
+def options(options) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dataclasses.asdict(options))
 
 

@@ -33,7 +33,8 @@ from detector.predict import base
 # The head output holding class logits, which the exports turn into
 # probabilities in JAX (an int8 model quantises probabilities, in [0, 1], far
 # better than logits); the other outputs pass as they are.
-SCORE_OUTPUTS = {'centernet': 'heatmap', 'retinanet': 'cls_logits'}
+SCORE_OUTPUTS = {'centernet': 'heatmap', 'retinanet': 'cls_logits',
+                 'efficientdet': 'cls_logits'}
 DEPTHWISE = {'saved_model': 'platform', 'stablehlo': 'platform'}  # Else conv.
 
 

@@ -35,7 +35,7 @@ def decode(head: str, options, outputs, input_size):
   """`head.decode` for the heads `detector.export.network` exports.
 
   Args:
-    head: 'centernet' or 'retinanet'.
+    head: 'centernet', 'retinanet' or 'efficientdet' (decoded as retinanet).
     options: the head's Options.
     outputs: the network's outputs (`network.Detection.network`), class
       scores as probabilities.

@@ -34,8 +34,10 @@ SUFFIX = '.tflite'
 SIGNATURE = 'serving_default'
 METADATA_NAME = 'detector'
 # The heads' output convs (`centernet`: heatmap_out, box_out; `retinanet`:
-# cls_out, box_out), named in the converted ops' locations.
-FLOAT_FROM = ('/box_out/', '/heatmap_out/', '/cls_out/')
+# cls_out, box_out; `efficientdet`: class_predict, box_predict), named in the
+# converted ops' locations.
+FLOAT_FROM = ('/box_out/', '/heatmap_out/', '/cls_out/', '/class_predict/',
+              '/box_predict/')
 FORMATS = {'float32': 'tflite', 'float16': 'tflite_fp16', 'int8': 'tflite_int8'}
 
 

@@ -20,6 +20,7 @@ NECKS = {
 HEADS = {  # Modules with `Options` and `Head`; see heads/__init__.py.
     'centernet': 'detector.models.heads.centernet',
     'retinanet': 'detector.models.heads.retinanet',
+    'efficientdet': 'detector.models.heads.efficientdet',
 }
 
 

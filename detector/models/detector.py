@@ -66,6 +66,8 @@ def _norm(config: ml_collections.ConfigDict, key: str, train: bool, dtype):
     raise errors.ConfigError(f'config.model.{key}={kind!r}: expected one of '
                              f'{layers.NORM_KINDS}{hint}')
   epsilon = config.norm_epsilon if config.norm_epsilon is not None else 1e-5
+  if key == 'backbone_norm' and config.get('backbone_norm_epsilon') is not None:
+    epsilon = config.backbone_norm_epsilon
   return layers.make_norm(kind, train=train, dtype=dtype,
                           momentum=config.norm_momentum, epsilon=epsilon)
 
@@ -137,7 +139,8 @@ def build(config: ml_collections.ConfigDict, train: bool) -> Detector:
         f'the {config.neck} neck makes {list(made)}: change the head\'s levels '
         f'or config.model.{config.neck}.min_level / max_level')
   head = head_lib.Head(num_classes=config.num_classes, options=options,
-                       norm=norm, dtype=dtype)
+                       norm=norm, dtype=dtype,
+                       **_with_depthwise(head_lib.Head, {}, config))
   return Detector(backbone=backbone, neck=neck, head=head,
                   pixel_mean=tuple(config.pixel_mean or IMAGENET_MEAN),
                   pixel_std=tuple(config.pixel_std or IMAGENET_STD), dtype=dtype)

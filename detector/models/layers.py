@@ -143,19 +143,23 @@ class ConvNormAct(nn.Module):
   kernel_init: Callable[..., Any] = nn.initializers.variance_scaling(
       2.0, 'fan_out', 'normal')
   depthwise_impl: str = 'auto'  # DepthwiseConv.impl when the conv is depthwise.
+  # None: a bias only without norm. True keeps one before the norm too, as
+  # the TensorFlow EfficientDets have (their checkpoints hold it).
+  use_bias: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x):
+    use_bias = self.norm is None if self.use_bias is None else self.use_bias
     if (self.feature_group_count > 1
         and self.feature_group_count == x.shape[-1] == self.features):
       x = DepthwiseConv(self.features, self.kernel_size, self.strides,
-                        self.padding, use_bias=self.norm is None,
+                        self.padding, use_bias=use_bias,
                         impl=self.depthwise_impl, kernel_init=self.kernel_init,
                         dtype=self.dtype, name='conv')(x)
     else:
       x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
                   strides=(self.strides, self.strides), padding=self.padding,
-                  use_bias=self.norm is None,
+                  use_bias=use_bias,
                   feature_group_count=self.feature_group_count,
                   kernel_init=self.kernel_init, dtype=self.dtype,
                   param_dtype=jnp.float32, name='conv')(x)

@@ -1,4 +1,5 @@
-"""Converters of ImageNet checkpoints into the project's weights file.
+"""Converters of published checkpoints into the project's weights file:
+ImageNet backbones, and whole COCO detectors (`detector.port.detectors`).
 
     python -m detector.port --source=SOURCE --arch=ARCH [--input=FILE] --output=FILE
 
@@ -23,6 +24,7 @@ from detector import errors
 from detector import models
 from detector.models import layers
 from detector.port import common
+from detector.port import detectors
 from detector.port import weights
 
 SOURCES = {
@@ -30,6 +32,7 @@ SOURCES = {
     'timm': 'detector.port.source_timm',
     'keras': 'detector.port.source_keras',
     'efficientnet_lite': 'detector.port.source_efficientnet_lite',
+    'effdet': 'detector.port.source_effdet',
 }
 
 IMAGENET_LABELS = os.path.join(os.path.dirname(__file__), 'imagenet_labels.txt')
@@ -38,12 +41,14 @@ IMAGENET_LABELS = os.path.join(os.path.dirname(__file__), 'imagenet_labels.txt')
 def source_module(source: str):
   if source not in SOURCES:
     raise errors.ConfigError(f'--source={source!r}: converters exist for '
-                             f'{sorted(SOURCES)}')
+                             f'{sorted(SOURCES) + ["workdir"]}')
   return importlib.import_module(SOURCES[source])
 
 
-def spec_for(source: str, arch: str) -> common.Spec:
-  archs = source_module(source).ARCHS
+def spec_for(source: str, arch: str):
+  """The `common.Spec` (a backbone) or `detectors.DetectorSpec` of `arch`."""
+  module = source_module(source)
+  archs = {**getattr(module, 'ARCHS', {}), **getattr(module, 'DETECTORS', {})}
   if arch not in archs:
     raise errors.ConfigError(f'--arch={arch!r} is not a {source} architecture '
                              f'this tool converts: {sorted(archs)}')
@@ -76,12 +81,18 @@ def imagenet_labels():
 
 def port(source: str, arch: str, output: str, input_path: Optional[str] = None):
   """Converts and writes `output`; returns the metadata written."""
+  if source == 'workdir':  # This project's own detector, from its checkpoint.
+    if not input_path:
+      raise errors.ConfigError('--source=workdir needs --input=WORKDIR')
+    return detectors.port_workdir(input_path, output)
   module = source_module(source)
   spec = spec_for(source, arch)
   if input_path:
     tensors, origin = module.read(input_path), input_path
-  else:  # Asks the source library to download its ImageNet weights.
+  else:  # Asks the source library to download its published weights.
     tensors, origin = module.download(arch)
+  if isinstance(spec, detectors.DetectorSpec):
+    return detectors.port(module, source, arch, output, tensors, origin)
   metadata = dict(arch=arch, source=source, origin=os.path.basename(origin),
                   backbone=spec.backbone, backbone_kwargs=dict(spec.kwargs),
                   num_classes=1000, norm_epsilon=spec.norm_epsilon,

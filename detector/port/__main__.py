@@ -9,18 +9,21 @@ from detector import port
 from detector import runtime
 
 flags.DEFINE_string('source', None, 'Where the weights come from: one of '
-                    f'{sorted(port.SOURCES)}.')
+                    f'{sorted(port.SOURCES)}, or workdir (a detector this '
+                    'project trained: --input=WORKDIR).')
 flags.DEFINE_string('arch', None, 'Architecture in the source\'s naming, e.g. resnet50.')
 flags.DEFINE_string('input', None, 'Local checkpoint file (else the source '
                     'library downloads its default weights).')
 flags.DEFINE_string('output', None, 'The weights file to write (.npz).')
-flags.mark_flags_as_required(['source', 'arch', 'output'])
+flags.mark_flags_as_required(['source', 'output'])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
   try:
+    if FLAGS.source != 'workdir' and not FLAGS.arch:
+      raise errors.ConfigError(f'--source={FLAGS.source} needs --arch')
     metadata = port.port(FLAGS.source, FLAGS.arch, FLAGS.output, FLAGS.input)
   except errors.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)

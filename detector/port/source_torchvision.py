@@ -21,7 +21,10 @@ BatchNorm weight/bias/running_mean/running_var become scale/bias/mean/var;
 import re
 from typing import Dict, Optional
 
+import numpy as np
+
 from detector.port import common
+from detector.port import detectors
 
 # IMAGENET1K_V1 weights: resize 256, centre crop 224, bilinear.
 _RESNET_PREPROCESSING = common.preprocessing(224, 256)
@@ -56,7 +59,8 @@ read = common.read_torch
 
 
 def download(arch: str):
-  """torchvision's default ImageNet weights for `arch` (needs internet)."""
+  """torchvision's default weights for `arch` (needs internet): ImageNet's,
+  or COCO's for a detector."""
   torchvision = common.require('torchvision', 'torchvision',
                                '--source=torchvision without --input')
   model = torchvision.models.get_model(arch, weights='DEFAULT')
@@ -118,3 +122,114 @@ def efficientnet_target(name: str, spec: Optional[common.Spec] = None):
 
 target = common.by_backbone(ARCHS, resnet=resnet_target,
                             efficientnet=efficientnet_target)
+
+
+# Whole detectors: torchvision's COCO RetinaNet (`retinanet_resnet50_fpn`,
+# COCO_V1 weights, 36.4 AP). Tensor names (torchvision -> ours):
+#   backbone.body.*                      -> backbone/* (the ResNet50 above)
+#   backbone.fpn.inner_blocks.{i}.0      -> neck/lateral{3+i}/conv
+#     (the released file: inner_blocks.{i}, and head ...conv.{2 i})
+#   backbone.fpn.layer_blocks.{i}.0      -> neck/output{3+i}/conv
+#   backbone.fpn.extra_blocks.p{6,7}     -> neck/extra{6,7}/conv
+#   head.classification_head.conv.{i}.0  -> head/cls_conv{i}/conv
+#   head.classification_head.cls_logits  -> head/cls_out
+#   head.regression_head.conv.{i}.0      -> head/box_conv{i}/conv
+#   head.regression_head.bbox_reg        -> head/box_out (rows reordered)
+# The backbone's BatchNorms are frozen (FrozenBatchNorm2d, eps 1e-5), P6 and
+# P7 are padded symmetrically, anchors are torchvision's AnchorGenerator's
+# (`anchor_style='torchvision'`), and its box deltas come as (dx, dy, dw, dh)
+# per anchor: `layout` reorders the regression rows to our (dy, dx, dh, dw).
+# Class logits are per anchor then class in both, as torchvision's 91 COCO
+# classes (index = COCO category id, 0 its unused background). Decoding:
+# torchvision keeps scores > 0.05, the top 1000 per level, NMS 0.5, 300
+# detections; ours the top 1000 of all levels, which is the same set unless
+# more than 1000 candidates pass the threshold.
+# retinanet_resnet50_fpn_v2 does not fit these modules: its head has
+# GroupNorm and its P6 reads C5, not P5.
+def _retinanet_model():
+  from detector.configs import resnet50  # pylint: disable=g-import-not-at-top
+  model = resnet50.get_config().model.copy_and_resolve_references()
+  with model.unlocked():
+    model.num_classes = 91
+    model.backbone_norm = 'frozen_batch_norm'
+    model.fpn.update(dict(min_level=3, max_level=7, width=256,
+                          use_norm=False, extra_padding='symmetric'))
+    model.head = 'retinanet'
+    model.retinanet.update(dict(
+        min_level=3, max_level=7, width=256, num_convs=4, anchor_scale=4.0,
+        num_scales=3, aspect_ratios=(0.5, 1.0, 2.0),
+        anchor_style='torchvision', pre_nms_topk=1000,
+        # torchvision trains with an L1 box loss: Huber(0.1) / 0.1 is L1
+        # but within 0.1 of the target (Detectron2's smooth-L1, beta 0.1).
+        box_loss='huber', huber_delta=0.1, box_loss_weight=10.0))
+    model.score_threshold = 0.05
+    model.nms_iou_threshold = 0.5
+    model.max_detections = 300
+    model.flip_test = False
+  return model
+
+
+DETECTORS = {
+    'retinanet_resnet50_fpn': detectors.DetectorSpec(
+        _retinanet_model, detectors.coco_labels(0), list(range(91)),
+        dict(image_size=800, mean=list(common.IMAGENET_MEAN),
+             std=list(common.IMAGENET_STD)), 1e-5),
+}
+
+_FPN = {'inner_blocks': 'lateral', 'layer_blocks': 'output'}
+_HEADS = {'classification_head': ('cls_conv', 'cls_out', 'cls_logits'),
+          'regression_head': ('box_conv', 'box_out', 'bbox_reg')}
+
+
+def _retinanet_target(name: str):
+  """torchvision RetinaNet tensor name -> (collection, path), None or BAD."""
+  if name.startswith('backbone.body.'):
+    where = resnet_target(name[len('backbone.body.'):])
+    return where if where in (None, common.BAD) else (
+        where[0], f'backbone/{where[1]}')
+  # Two layouts: torchvision >= 0.13 (Conv2dNormActivation: `.{i}.0.`) and
+  # the released COCO_V1 file's (plain convs, and a head whose Sequential
+  # interleaves ReLUs: conv.{2 i}), which torchvision renames when loading.
+  m = (re.fullmatch(r'backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d)\.0\.(\w+)',
+                    name)
+       or re.fullmatch(r'backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d)\.'
+                       r'(weight|bias)', name))
+  if m:
+    kind, i, field = m.groups()
+    return common.torch_tensor(f'neck/{_FPN[kind]}{3 + int(i)}', 'conv', field)
+  m = re.fullmatch(r'backbone\.fpn\.extra_blocks\.p([67])\.(\w+)', name)
+  if m:
+    return common.torch_tensor(f'neck/extra{m.group(1)}', 'conv', m.group(2))
+  m = re.fullmatch(r'head\.(\w+)\.conv\.(\d)\.0\.(\w+)', name)
+  if m and m.group(1) in _HEADS:
+    return common.torch_tensor(f'head/{_HEADS[m.group(1)][0]}{m.group(2)}',
+                               'conv', m.group(3))
+  m = re.fullmatch(r'head\.(\w+)\.conv\.(\d)\.(weight|bias)', name)
+  if m and m.group(1) in _HEADS and int(m.group(2)) % 2 == 0:
+    return common.torch_tensor(
+        f'head/{_HEADS[m.group(1)][0]}{int(m.group(2)) // 2}', 'conv',
+        m.group(3))
+  m = re.fullmatch(r'head\.(\w+)\.(\w+)\.(\w+)', name)
+  if m and m.group(1) in _HEADS and m.group(2) == _HEADS[m.group(1)][2]:
+    return common.torch_tensor(f'head/{_HEADS[m.group(1)][1]}', 'linear',
+                               m.group(3))
+  return common.BAD
+
+
+def layout(array, path: str, arch: str):
+  """`common.torch_layout`, and the regression rows in our delta order."""
+  array = common.torch_layout(array, path, arch)
+  if arch in DETECTORS and path.startswith('head/box_out/'):
+    # Per anchor (dx, dy, dw, dh) -> (dy, dx, dh, dw): the last axis.
+    order = np.arange(array.shape[-1]).reshape(-1, 4)[:, [1, 0, 3, 2]]
+    array = array[..., order.reshape(-1)]
+  return array
+
+
+_backbone_target = target
+
+
+def target(name: str, arch: str):  # pylint: disable=function-redefined
+  if arch in DETECTORS:
+    return _retinanet_target(name)
+  return _backbone_target(name, arch)

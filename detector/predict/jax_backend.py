@@ -1,5 +1,5 @@
 """The JAX backends: a training workdir's checkpoint, and a weights file from
-`python -m detector.port` (an ImageNet classifier).
+`python -m detector.port` (an ImageNet classifier or a whole detector).
 
 Both run one jitted function per batch size (`batch_sizes`), on uint8 images
 already preprocessed by the host, and return the outputs of
@@ -158,10 +158,13 @@ class _NormalisedClassifier(nn.Module):
 
 
 def load_weights(path: str) -> JaxBackend:
-  """A classifier from a `python -m detector.port` weights file."""
+  """A classifier or a whole detector from a `python -m detector.port`
+  weights file."""
   from detector import port  # pylint: disable=g-import-not-at-top
   from detector.port import weights as weights_lib  # pylint: disable=g-import-not-at-top
   variables, meta = weights_lib.load(path)
+  if meta.get('kind') == 'detector':
+    return _detector_weights(path, variables, meta)
   prep = meta['preprocessing']
   names = meta.get('labels') or port.imagenet_labels()
   serve = weights_fn(meta)
@@ -173,6 +176,26 @@ def load_weights(path: str) -> JaxBackend:
                      'interpolation': prep['interpolation']},
       source=os.path.abspath(path), format='jax', config=meta)
   return JaxBackend(info, serve, variables)
+
+
+def _detector_weights(path, variables, meta) -> JaxBackend:
+  """A converted detector at its published input size (square, fit and
+  pad), its decoding settings as converted."""
+  from detector.port import detectors  # pylint: disable=g-import-not-at-top
+  model_config = detectors.model_config(meta)
+  model_config.lock()
+  task = tasks.Detection(ml_collections.ConfigDict(
+      {'task': tasks.Detection.name, 'model': model_config}))
+  model = task.build_model(model_config, train=False)
+  size = int(meta['preprocessing']['image_size'])
+  info = base.ModelInfo(
+      task=task.name, class_names=tuple(meta['labels']),
+      category_ids=tuple(int(i) for i in meta['label_ids']),
+      input_size=(size, size), preprocessing={'kind': 'fit_and_pad'},
+      max_detections=int(model_config.max_detections),
+      source=os.path.abspath(path), format='jax', config=meta)
+  return JaxBackend(info, workdir_fn(task, model, model_config, (size, size)),
+                    variables)
 
 
 def weights_fn(meta: dict, depthwise_impl: Optional[str] = None) -> Callable:

@@ -21,6 +21,7 @@ import ml_collections
 
 from detector import checkpoints
 from detector import errors
+from detector import tasks
 from detector.train import evaluate
 from detector.train import build
 from detector.train import step as step_lib
@@ -124,7 +125,12 @@ def _initial_state(config, s, mngr):
   state = checkpoints.restore_or_none(mngr, s.abstract_state)
   if state is None:
     state = s.init_fn(jax.random.PRNGKey(config.seed))
-    if config.init_from:
+    if config.init_from and _whole_detector(config, s):
+      logging.info('No checkpoint in %s: the whole detector from %s (seed '
+                   '%d).', mngr.directory, config.init_from, config.seed)
+      state = checkpoints.load_detector(state, config.init_from,
+                                        s.class_names, s.model_config.head)
+    elif config.init_from:
       logging.info('No checkpoint in %s: backbone from %s, the rest '
                    'initialised (seed %d).', mngr.directory, config.init_from,
                    config.seed)
@@ -139,6 +145,17 @@ def _initial_state(config, s, mngr):
           x.is_fully_addressable or x.is_fully_replicated
           for x in jax.tree_util.tree_leaves(state.params)))
   return state
+
+
+def _whole_detector(config, s) -> bool:
+  """Whether init_from loads a whole detector: a detector file, into a
+  detector, with config.init_from_scope 'all'."""
+  scope = config.get('init_from_scope', 'all')
+  if scope not in ('all', 'backbone'):
+    raise errors.ConfigError(f'config.init_from_scope={scope!r}: expected '
+                             "'all' or 'backbone'")
+  return (scope == 'all' and s.task.name == tasks.Detection.name
+          and checkpoints.is_detector_file(config.init_from))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -263,9 +280,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   mngr = checkpoints.manager(workdir, config.keep_checkpoints,
                              config.checkpoint_every_steps)
   state = checkpoints.restore_or_none(mngr, s.abstract_state)
+  if state is None and config.init_from and _whole_detector(config, s):
+    # A published detector, scored as converted (no training).
+    logging.info('--mode=evaluate: no checkpoint in %s; evaluating the '
+                 'detector of config.init_from=%s as it is.', mngr.directory,
+                 config.init_from)
+    state = checkpoints.load_detector(s.init_fn(jax.random.PRNGKey(config.seed)),
+                                      config.init_from, s.class_names,
+                                      s.model_config.head)
   if state is None:
     raise errors.ConfigError(f'--mode=evaluate: no checkpoint in '
-                             f'{mngr.directory}; train first with --mode=train')
+                             f'{mngr.directory}; train first with --mode=train '
+                             '(or set config.init_from to a detector file '
+                             'from `python -m detector.port`)')
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   metrics = evaluate.evaluate_all(config, s, state, workdir, writer)

@@ -6,19 +6,86 @@ from typing import Dict
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
+from detector import errors
+
+SCHEDULES = ('cosine', 'step')
+
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int):
-  """Linear warm-up to the peak, then cosine decay to peak * end factor."""
+  """The learning rate of each update, a function of optax's update count.
+
+  Both schedules warm up linearly from peak * `warmup_init_factor` to the
+  peak (`learning_rate`) over `warmup_steps` updates. Then
+    'cosine': cosine decay to peak * `end_learning_rate_factor` at
+      `total_steps`;
+    'step': the peak times `decay_factor` ** (number of `decay_steps` <= c)
+      at update count c (0 for the first update), i.e. decayed once each
+      listed step has run: Detectron2's WarmupMultiStepLR, whose iteration
+      60000 (0-based) is the first at 0.1x for STEPS (60000, 80000).
+      Warm-up and decay multiply, as there.
+
+  Raises:
+    errors.ConfigError: an unknown schedule, or decay steps that are not
+      increasing step numbers in [1, total_steps).
+  """
   opt = config.optimizer
   warmup = min(opt.warmup_steps, max(total_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=opt.learning_rate, warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1),
-      end_value=opt.learning_rate * opt.end_learning_rate_factor)
+  peak = opt.learning_rate
+  init_factor = opt.get('warmup_init_factor', 0.0)
+  if not 0.0 <= init_factor <= 1.0:
+    raise errors.ConfigError(
+        f'config.optimizer.warmup_init_factor={init_factor}: must be in '
+        '[0, 1] (the warm-up starts at learning_rate times this)')
+  schedule = opt.get('schedule', 'cosine')
+  if schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        init_value=peak * init_factor, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=peak * opt.end_learning_rate_factor)
+  if schedule != 'step':
+    raise errors.ConfigError(f'config.optimizer.schedule={schedule!r}: '
+                             f'expected one of {SCHEDULES}')
+  boundaries = check_decay_steps(opt.get('decay_steps', ()), total_steps)
+  factor = opt.get('decay_factor', 0.1)
+  if not factor > 0:
+    raise errors.ConfigError(f'config.optimizer.decay_factor={factor}: must '
+                             'be > 0')
+
+  def step_schedule(count):
+    count = jnp.asarray(count)
+    decays = sum(((count >= b).astype(jnp.int32) for b in boundaries),
+                 jnp.zeros(count.shape, jnp.int32))
+    lr = peak * jnp.power(jnp.float32(factor), decays.astype(jnp.float32))
+    if warmup > 0:
+      done = jnp.minimum(count.astype(jnp.float32) / warmup, 1.0)
+      lr = lr * (init_factor + (1.0 - init_factor) * done)
+    return lr
+  return step_schedule
+
+
+def check_decay_steps(decay_steps, total_steps: int):
+  """`config.optimizer.decay_steps` as a tuple of ints, checked: strictly
+  increasing, each in [1, total_steps) (a decay at or after the last step
+  would never apply, which is always a mistake: a recipe's steps left over
+  after shortening the run)."""
+  steps = tuple(decay_steps)
+  where = f'config.optimizer.decay_steps={steps}'
+  if any(int(s) != s for s in steps):
+    raise errors.ConfigError(f'{where}: expected whole step numbers')
+  steps = tuple(int(s) for s in steps)
+  if any(b <= a for a, b in zip(steps, steps[1:])):
+    raise errors.ConfigError(f'{where}: must be strictly increasing')
+  if steps and (steps[0] < 1 or steps[-1] >= total_steps):
+    raise errors.ConfigError(
+        f'{where}: each must be in [1, {total_steps}), below the run\'s '
+        f'{total_steps} steps (config.num_train_steps or num_epochs); scale '
+        'them with the run')
+  return steps
 
 
 def decay_mask(params):

@@ -8,6 +8,9 @@ the trainer only see this interface:
       architecture, loss and decoding settings, their defaults (the configs
       take them from here) and their checks (a ConfigError naming the key).
       `Options.levels` are the pyramid levels the head reads.
+  `CLASS_LAYERS`: the names of the head's modules predicting the classes
+      (their last axis is per anchor, then per class), which
+      `config.init_from` fits to a dataset's classes or re-initialises.
   `Head(num_classes, options, norm, dtype)`: the linen module mapping pyramid
       features {level: [B, H_l, W_l, C]} to a dict of named outputs, with
       these methods (pure functions of the outputs and the options):
@@ -27,6 +30,6 @@ the trainer only see this interface:
         outputs for a batch and for its horizontal mirror image, mapped back
         onto the original (test-time flip augmentation, `model.flip_test`).
 
-A new head is a new file with these three names and one line in
+A new head is a new file with these four names and one line in
 `detector.models.HEADS`.
 """

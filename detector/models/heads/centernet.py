@@ -34,6 +34,8 @@ from detector.models.heads import base
 from detector.ops import losses
 
 NAME = 'centernet'
+# The class prediction layer (re-initialised or fitted by init_from).
+CLASS_LAYERS = ('heatmap_out',)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ global batch.
 
 import dataclasses
 import math
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -31,6 +31,8 @@ from detector.ops import matching
 
 NAME = 'retinanet'
 BOX_LOSSES = ('giou', 'huber')
+# The class prediction layer (re-initialised or fitted by init_from).
+CLASS_LAYERS = ('cls_out',)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +41,13 @@ class Options:
   min_level: int = 2
   max_level: int = 5
   num_scales: int = 3           # Anchor scales per octave.
-  aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
+  # Height / width ratios, or (height, width) multiplier pairs (see
+  # detector.ops.anchors.generate_anchors).
+  aspect_ratios: Sequence[Any] = (0.5, 1.0, 2.0)
   anchor_scale: float = 3.0     # Anchor side = anchor_scale * stride (x scale).
+  # 'retinanet' or 'torchvision' (its AnchorGenerator's grid, rounding and
+  # order: what torchvision's ported RetinaNets were trained with).
+  anchor_style: str = 'retinanet'
   width: int = 64               # Channels of the subnet convs.
   num_convs: int = 2            # 3x3 conv-relu layers per subnet (4 in the paper).
   use_norm: bool = False        # Subnet convs get config.model.norm (shared over levels).
@@ -55,7 +62,9 @@ class Options:
   pre_nms_topk: int = 1000      # (anchor, class) candidates decoded per image.
 
   def __post_init__(self):
-    object.__setattr__(self, 'aspect_ratios', tuple(self.aspect_ratios))
+    object.__setattr__(self, 'aspect_ratios', tuple(
+        tuple(r) if isinstance(r, (list, tuple)) else r
+        for r in self.aspect_ratios))
     where = f'config.model.{NAME}'
     if self.box_loss not in BOX_LOSSES:
       raise errors.ConfigError(f'{where}.box_loss={self.box_loss!r}: expected '
@@ -74,9 +83,15 @@ class Options:
       if not getattr(self, name) > 0:
         raise errors.ConfigError(f'{where}.{name}={getattr(self, name)}: must '
                                  'be > 0')
-    if not self.aspect_ratios or min(self.aspect_ratios) <= 0:
-      raise errors.ConfigError(f'{where}.aspect_ratios={self.aspect_ratios}: '
-                               'need positive ratios')
+    try:
+      anchor_ops.ratio_sides(self.aspect_ratios)
+    except ValueError:
+      raise errors.ConfigError(
+          f'{where}.aspect_ratios={self.aspect_ratios}: need positive '
+          'height / width ratios or (height, width) pairs') from None
+    if self.anchor_style not in anchor_ops.STYLES:
+      raise errors.ConfigError(f'{where}.anchor_style={self.anchor_style!r}: '
+                               f'expected one of {anchor_ops.STYLES}')
 
   @property
   def levels(self) -> Tuple[int, ...]:
@@ -87,7 +102,7 @@ class Options:
     return anchor_ops.generate_anchors(
         tuple(image_size), self.min_level, self.max_level,
         num_scales=self.num_scales, aspect_ratios=self.aspect_ratios,
-        anchor_scale=self.anchor_scale)
+        anchor_scale=self.anchor_scale, style=self.anchor_style, uneven=True)
 
 
 class Head(base.Head):
@@ -177,7 +192,13 @@ class Head(base.Head):
     they are.
     """
     o = self.options
-    sizes = anchor_ops.level_sizes(tuple(image_size), o.min_level, o.max_level)
+    if o.anchor_style != 'retinanet':
+      raise errors.ConfigError(
+          f'config.model.flip_test needs anchors symmetric about the image '
+          f'centre, and anchor_style={o.anchor_style!r} has none (its grid '
+          'starts at 0): set --config.model.flip_test=False')
+    sizes = anchor_ops.level_sizes(tuple(image_size), o.min_level, o.max_level,
+                                   uneven=True)
     per_cell = anchor_ops.anchors_per_location(o.num_scales, o.aspect_ratios)
 
     def mirror(x):

@@ -1,8 +1,8 @@
 """BiFPN: the weighted bi-directional feature pyramid of EfficientDet.
 
 Tan, Pang and Le, "EfficientDet: Scalable and Efficient Object Detection",
-CVPR 2020 (arXiv:1911.09070). With an EfficientNet backbone and the RetinaNet
-head this makes an EfficientDet-like detector.
+CVPR 2020 (arXiv:1911.09070). With an EfficientNet backbone and EfficientDet's
+head (`detector.models.heads.efficientdet`) this is EfficientDet.
 
 Input: {level: [B, H_l, W_l, C_l]} from a backbone (levels 2..5 for the ones
 in this repo; level 2 is ignored unless min_level=2). Output: {level: [B, H_l,
@@ -52,7 +52,8 @@ import jax.numpy as jnp
 from detector import errors
 from detector.models import layers
 
-ACTIVATIONS = {'swish': nn.swish, 'silu': nn.silu, 'relu': nn.relu}
+ACTIVATIONS = {'swish': nn.swish, 'silu': nn.silu, 'relu': nn.relu,
+               'relu6': nn.relu6}
 FUSIONS = ('fast', 'softmax', 'sum')
 FAST_FUSION_EPSILON = 1e-4  # The paper's epsilon: keeps the division stable.
 
@@ -175,6 +176,7 @@ class FusionNode(nn.Module):
   pool_padding: str = 'same'
   dtype: Any = jnp.float32
   depthwise_impl: str = 'auto'  # layers.DepthwiseConv.impl.
+  redundant_bias: bool = False  # Biases before the norms (BiFPN.redundant_bias).
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array], resize: Sequence[str]):
@@ -184,7 +186,7 @@ class FusionNode(nn.Module):
       if x.shape[-1] != self.width:
         x = layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                                act=None, dtype=self.dtype,
-                               name=f'resample{i}')(x)
+                               use_bias=self._bias(), name=f'resample{i}')(x)
       if how == 'up':
         x = upsample_to(x, size)
       elif how == 'down':
@@ -200,7 +202,10 @@ class FusionNode(nn.Module):
                              name='depthwise')(x)
     return layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                               act=None, dtype=self.dtype,
-                              name='pointwise')(x)
+                              use_bias=self._bias(), name='pointwise')(x)
+
+  def _bias(self):
+    return True if self.redundant_bias else None
 
 
 class BiFPNLayer(nn.Module):
@@ -236,6 +241,10 @@ class BiFPN(nn.Module):
   pool_padding: str = 'same'  # Max pooling: 'same' (TF) or 'symmetric' (effdet).
   dtype: Any = jnp.float32
   depthwise_impl: str = 'auto'  # layers.DepthwiseConv.impl.
+  # Every 1x1 conv before a norm keeps a bias as well: the official
+  # EfficientDets (TensorFlow, and effdet's tf_* ports) have them, so their
+  # checkpoints and parameter counts do; effdet's PyTorch-trained ones do not.
+  redundant_bias: bool = False
 
   def _check(self, features):
     if self.fusion not in FUSIONS:
@@ -277,6 +286,7 @@ class BiFPN(nn.Module):
       if x.shape[-1] != self.width:
         x = layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                                act=None, dtype=self.dtype,
+                               use_bias=True if self.redundant_bias else None,
                                name=f'resample{level}')(x)
       x = max_pool_down(x, self.pool_padding)
       p[level] = x
@@ -292,7 +302,7 @@ class BiFPN(nn.Module):
     node = functools.partial(
         FusionNode, self.width, norm=self.norm, act=act, fusion=self.fusion,
         pool_padding=self.pool_padding, dtype=self.dtype,
-        depthwise_impl=self.depthwise_impl)
+        depthwise_impl=self.depthwise_impl, redundant_bias=self.redundant_bias)
     for i in range(self.repeats):
       p = BiFPNLayer(node, name=f'layer{i}')(p)
     return p

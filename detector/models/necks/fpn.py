@@ -4,6 +4,10 @@ Lateral 1x1 convs bring every backbone level to `width` channels; a top-down
 pass adds each coarser level, upsampled 2x (nearest), to the next finer one;
 a 3x3 conv smooths each sum. Levels above the backbone's coarsest one (P6,
 P7 as in RetinaNet) come from stride-2 3x3 convs on the coarsest output.
+Their padding (`extra_padding`) is TensorFlow's 'same' (the odd pixel after
+the image) or 'symmetric' (one pixel each side, PyTorch's padding=1, which
+torchvision's RetinaNets were trained with): on even sizes the two shift P6
+and P7 by a pixel.
 """
 
 from typing import Any, Dict, Optional
@@ -14,6 +18,9 @@ import jax.numpy as jnp
 
 from detector import errors
 from detector.models import layers
+
+
+EXTRA_PADDINGS = {'same': 'SAME', 'symmetric': ((1, 1), (1, 1))}
 
 
 def upsample2x(x):
@@ -29,6 +36,7 @@ class FPN(nn.Module):
   max_level: int = 5
   width: int = 64
   norm: Optional[layers.ModuleDef] = None  # None keeps the classic FPN (bias, no norm).
+  extra_padding: str = 'same'  # P6/P7 convs: 'same' or 'symmetric'.
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -37,6 +45,9 @@ class FPN(nn.Module):
     if self.min_level not in features:
       raise errors.ConfigError(f'FPN min_level={self.min_level} but the backbone returns '
                        f'levels {available}; lower the level or change backbone')
+    if self.extra_padding not in EXTRA_PADDINGS:
+      raise errors.ConfigError(f'FPN extra_padding={self.extra_padding!r}: '
+                               f'expected one of {sorted(EXTRA_PADDINGS)}')
     top = min(self.max_level, available[-1])
     inner = {}
     for level in range(top, self.min_level - 1, -1):
@@ -54,6 +65,7 @@ class FPN(nn.Module):
     for level in range(top + 1, self.max_level + 1):
       # P7 sees a ReLU of P6, as in RetinaNet; P6 sees P5's linear output.
       x = layers.ConvNormAct(self.width, strides=2, norm=self.norm, act=None,
+                             padding=EXTRA_PADDINGS[self.extra_padding],
                              dtype=self.dtype, name=f'extra{level}')(
                                  x if level == top + 1 else nn.relu(x))
       outputs[level] = x
