@@ -432,10 +432,17 @@ def load_backbone(state, path: str, key: str = 'backbone'):
       ', '.join(_groups(missing)) or 'none')
   logging.info('init_from: in the file but unused: %s',
                ', '.join(_groups(set(flat_file) - loaded)) or 'none')
+  return _with_values(state, {p: flat_file[p] for p in loaded}, key)
+
+
+def _with_values(state, values, key):
+  """`state` with `values` ({'<collection>/<path below key>': array}) in its
+  params and batch_stats, and in its EMA when kept (which so starts from
+  them too)."""
   by_collection = collections.defaultdict(dict)
-  for p in loaded:
+  for p, value in values.items():
     collection, rest = p.split('/', 1)
-    by_collection[collection][rest] = flat_file[p]
+    by_collection[collection][rest] = value
   put = lambda collection, tree: _put(tree, by_collection[collection], key)
   ema = state.ema
   if ema is not None:
@@ -559,18 +566,7 @@ def load_detector(state, path: str, class_names, head: str):
   if unused:
     logging.warning('init_from: in the file but unused: %s',
                     ', '.join(unused[:20]))
-  by_collection = collections.defaultdict(dict)
-  for p, value in values.items():
-    collection, rest = p.split('/', 1)
-    by_collection[collection][rest] = value
-  put = lambda collection, tree: _put(tree, by_collection[collection], '')
-  ema = state.ema
-  if ema is not None:
-    ema = {'params': put('params', ema['params']),
-           'batch_stats': put('batch_stats', ema['batch_stats'])}
-  return state.replace(params=put('params', state.params),
-                       batch_stats=put('batch_stats', state.batch_stats),
-                       ema=ema)
+  return _with_values(state, values, '')
 
 
 def _label_key(name):
