@@ -521,8 +521,10 @@ def load_detector(state, path: str, class_names, head: str):
   for collection in ('params', 'batch_stats'):
     target.update(weights_lib.flatten({collection: getattr(state, collection)}))
   layers = tuple(class_layers(head))
-  is_class = lambda p: p.split('/')[2:3] and p.split('/')[2] in layers and (
-      p.split('/')[1] == 'head')
+  # 'params/head/<layer>/...': a class layer's variables.
+  is_class = lambda p: any(p.split('/', 2)[2:3] and p.split('/', 2)[1] == 'head'
+                           and p.split('/', 2)[2].startswith(layer + '/')
+                           for layer in layers)
   values, refit, fresh = {}, [], []
   labels = list(meta.get('labels') or [])
   same_classes = [_label_key(n) for n in labels] == [

@@ -8,8 +8,8 @@ the trainer only see this interface:
       architecture, loss and decoding settings, their defaults (the configs
       take them from here) and their checks (a ConfigError naming the key).
       `Options.levels` are the pyramid levels the head reads.
-  `CLASS_LAYERS`: the names of the head's modules predicting the classes
-      (their last axis is per anchor, then per class), which
+  `CLASS_LAYERS`: the paths of the head's modules predicting the classes
+      (their variables' last axis is per anchor, then per class), which
       `config.init_from` fits to a dataset's classes or re-initialises.
   `Head(num_classes, options, norm, dtype)`: the linen module mapping pyramid
       features {level: [B, H_l, W_l, C]} to a dict of named outputs, with

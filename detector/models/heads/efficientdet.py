@@ -33,8 +33,9 @@ from detector.models.heads import retinanet
 from detector.ops import anchors as anchor_ops
 
 NAME = 'efficientdet'
-# The class prediction layer (re-initialised or fitted by init_from).
-CLASS_LAYERS = ('class_predict',)
+# The class prediction layer (re-initialised or fitted by init_from): its
+# pointwise conv; the depthwise one before it does not depend on the classes.
+CLASS_LAYERS = ('class_predict/pointwise',)
 ACTIVATIONS = {'swish': nn.swish, 'silu': nn.silu, 'relu': nn.relu,
                'relu6': nn.relu6}
 
