@@ -1,7 +1,7 @@
 """Whole-detector ports (`python -m detector.port`), against the originals.
 
-torchvision's `retinanet_resnet50_fpn` and effdet's `tf_efficientdet_d0` and
-`tf_efficientdet_lite0` are built with random weights and BatchNorm
+torchvision's `retinanet_resnet50_fpn` and effdet's `tf_efficientdet_d0`, `d1`,
+`tf_efficientdet_lite0` and the PyTorch-trained `efficientdet_d0` are built with random weights and BatchNorm
 statistics, saved in their own formats and run (head outputs, anchors and
 their own post-processing) by tests/detector_reference.py in a process of
 its own (torch cannot be imported beside TensorFlow). Converted here, our
@@ -36,7 +36,7 @@ HERE = os.path.dirname(__file__)
 SIZE = 256
 ARCHS = {'retinanet_resnet50_fpn': 'torchvision',
          'tf_efficientdet_d0': 'effdet', 'tf_efficientdet_d1': 'effdet',
-         'tf_efficientdet_lite0': 'effdet'}
+         'tf_efficientdet_lite0': 'effdet', 'efficientdet_d0': 'effdet'}
 EFFDET_COUNTED = ([f'tf_efficientdet_d{i}' for i in range(8)]
                   + [f'tf_efficientdet_lite{i}' for i in range(5)])
 

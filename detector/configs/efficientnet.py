@@ -262,6 +262,7 @@ def set_model(config: ml_collections.ConfigDict, name: str):
       box_loss_weight=12.5, focal_gamma=1.5))
   # EfficientDet's BatchNorm momentum; its epsilon (1e-3) comes from
   # init_from's file, or from config.model.norm_epsilon.
+  m.norm_momentum = 0.99
 
 
 # EfficientDet's COCO recipes (the table in the module docstring).
