@@ -367,7 +367,7 @@ def _check_detector(what, meta, model_config):
       continue
     value = file_model[part][key]
     here = model_config[part].get(key, '<not set>')
-    if _plain(here) == _plain(value):
+    if weights_lib.json_lists(here) == weights_lib.json_lists(value):
       continue
     message = (f'{what} was converted with model.{part}.{key}={value!r} but '
                f'config.model.{part}.{key}={here!r}')
@@ -381,21 +381,11 @@ def _check_detector(what, meta, model_config):
     model_config.backbone_norm_epsilon = file_model['backbone_norm_epsilon']
 
 
-def _plain(value):
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
-
-
 def _flag(value):
   """`value` as a --config flag takes it (tuples, not JSON lists)."""
   if isinstance(value, list):
-    return '"' + repr(tuple(_plain_tuple(v) for v in value)) + '"'
+    return '"' + repr(weights_lib.config_tuples(value)) + '"'
   return value
-
-
-def _plain_tuple(value):
-  return tuple(_plain_tuple(v) for v in value) if isinstance(value, list) else value
 
 
 def _groups(paths):
@@ -521,9 +511,8 @@ def load_detector(state, path: str, class_names, head: str):
   for collection in ('params', 'batch_stats'):
     target.update(weights_lib.flatten({collection: getattr(state, collection)}))
   layers = tuple(class_layers(head))
-  # 'params/head/<layer>/...': a class layer's variables.
-  is_class = lambda p: any(p.split('/', 2)[2:3] and p.split('/', 2)[1] == 'head'
-                           and p.split('/', 2)[2].startswith(layer + '/')
+  # '<collection>/head/<layer>/...': a class layer's variables.
+  is_class = lambda p: any(p.split('/', 1)[1].startswith(f'head/{layer}/')
                            for layer in layers)
   values, refit, fresh = {}, [], []
   labels = list(meta.get('labels') or [])

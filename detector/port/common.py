@@ -132,14 +132,17 @@ def torch_tensor(path: str, kind: str, field: str):
   running_var) -> (collection, our path), or BAD for a field the module does
   not have. `kind` says what the module becomes at our `path`: 'conv' (the
   conv of the ConvNormAct at `path`), 'norm' (its BatchNorm) or 'linear' (a
-  Dense, or a conv without norm such as SE's: `path`/kernel and bias)."""
+  Dense, or a conv without norm such as SE's: `path`/kernel and bias) or
+  'batch_norm' (a BatchNorm module at `path` itself)."""
   if kind == 'conv':
     path, kind = f'{path}/conv', 'linear'
+  if kind == 'norm':
+    path, kind = f'{path}/norm', 'batch_norm'
   if kind == 'linear':
     names = {'weight': 'kernel', 'bias': 'bias'}
     return ('params', f'{path}/{names[field]}') if field in names else BAD
-  if kind == 'norm' and field in _BN:
-    return _BN[field][0], f'{path}/norm/{_BN[field][1]}'
+  if kind == 'batch_norm' and field in _BN:
+    return _BN[field][0], f'{path}/{_BN[field][1]}'
   return BAD
 
 

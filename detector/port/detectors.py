@@ -73,43 +73,33 @@ def expected_shapes(model_config: ml_collections.ConfigDict):
 
 def metadata(source: str, arch: str, origin: str, spec: DetectorSpec):
   model = spec.model()
-  with model.unlocked():
-    model.norm_epsilon = spec.norm_epsilon
-    model.pixel_mean = tuple(spec.preprocessing['mean'])
-    model.pixel_std = tuple(spec.preprocessing['std'])
   assert model.num_classes == len(spec.labels) == len(spec.label_ids), arch
+  return _metadata(source, arch, origin, model, spec.labels, spec.label_ids,
+                   spec.preprocessing, spec.norm_epsilon)
+
+
+def _metadata(source, arch, origin, model, labels, label_ids, preprocessing,
+              norm_epsilon):
+  """A detector file's metadata (module docstring); `model` is its
+  `config.model`, completed here with the epsilon and pixel statistics."""
+  model = weights.json_lists(model.to_dict())
+  model.update(norm_epsilon=norm_epsilon, pixel_mean=list(preprocessing['mean']),
+               pixel_std=list(preprocessing['std']))
   return dict(
       kind='detector', arch=arch, source=source,
-      origin=os.path.basename(origin), backbone=model.backbone,
+      origin=os.path.basename(os.path.normpath(origin)),
+      backbone=model['backbone'],
       # What the weights depend on (not the training-time drop rates).
-      backbone_kwargs={k: v for k, v in model[model.backbone].items()
+      backbone_kwargs={k: v for k, v in model[model['backbone']].items()
                        if 'drop' not in k},
-      num_classes=model.num_classes, norm_epsilon=spec.norm_epsilon,
-      preprocessing=dict(spec.preprocessing), labels=list(spec.labels),
-      label_ids=list(spec.label_ids),
-      model=_plain(model.to_dict()))
-
-
-def _plain(value):
-  """Tuples -> lists, recursively: what the JSON metadata reads back as."""
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  return value
+      num_classes=len(labels), norm_epsilon=norm_epsilon,
+      preprocessing=dict(preprocessing), labels=list(labels),
+      label_ids=[int(i) for i in label_ids], model=model)
 
 
 def model_config(meta: Dict[str, Any]) -> ml_collections.ConfigDict:
   """A detector file's `config.model`, as a ConfigDict (unlocked)."""
-  return ml_collections.ConfigDict(_tuples(meta['model']))
-
-
-def _tuples(value):
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value
+  return ml_collections.ConfigDict(weights.config_tuples(meta['model']))
 
 
 def port(module, source: str, arch: str, output: str, tensors, origin: str):
@@ -138,23 +128,13 @@ def port_workdir(path: str, output: str, step=None):
     raise errors.ConfigError(f'--input={path}: a {info.task} workdir; '
                              '--source=workdir converts detectors')
   model = ml_collections.ConfigDict(info.config['model'])
-  height, width = info.input_size
-  model_dict = dict(_plain(model.to_dict()))
-  model_dict['pixel_mean'] = list(model.pixel_mean or common.IMAGENET_MEAN)
-  model_dict['pixel_std'] = list(model.pixel_std or common.IMAGENET_STD)
-  epsilon = model.norm_epsilon if model.norm_epsilon is not None else 1e-5
-  model_dict['norm_epsilon'] = epsilon
-  meta = dict(
-      kind='detector', arch=f'workdir step {info.step}', source='workdir',
-      origin=os.path.basename(os.path.normpath(path)), backbone=model.backbone,
-      backbone_kwargs={k: v for k, v in _plain(model[model.backbone].to_dict()).items()
-                       if 'drop' not in k},
-      num_classes=len(info.class_names), norm_epsilon=epsilon,
-      preprocessing=dict(image_size=max(height, width),
-                         mean=model_dict['pixel_mean'],
-                         std=model_dict['pixel_std']),
-      labels=list(info.class_names),
-      label_ids=[int(i) for i in info.category_ids], model=model_dict)
+  meta = _metadata(
+      'workdir', f'workdir step {info.step}', path, model, info.class_names,
+      info.category_ids,
+      dict(image_size=max(info.input_size),
+           mean=list(model.pixel_mean or common.IMAGENET_MEAN),
+           std=list(model.pixel_std or common.IMAGENET_STD)),
+      model.norm_epsilon if model.norm_epsilon is not None else 1e-5)
   variables = jax.tree_util.tree_map(np.asarray, dict(backend.variables))
   weights.save(output, variables, meta)
   return meta

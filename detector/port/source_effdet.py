@@ -147,18 +147,9 @@ def target(name: str, arch: str):
   m = re.fullmatch(r'(class|box)_net\.bn_rep\.(\d+)\.(\d+)\.bn\.(\w+)', name)
   if m:
     net, i, level, field = m.groups()
-    return _norm(f'head/{net}_norm{i}_level{LEVELS[0] + int(level)}', field)
+    return common.torch_tensor(
+        f'head/{net}_norm{i}_level{LEVELS[0] + int(level)}', 'batch_norm', field)
   return common.BAD
-
-
-def _norm(path: str, field: str):
-  """A bare BatchNorm module at `path` (not inside a ConvNormAct)."""
-  names = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
-           'running_mean': ('batch_stats', 'mean'),
-           'running_var': ('batch_stats', 'var')}
-  if field not in names:
-    return common.BAD
-  return names[field][0], f'{path}/{names[field][1]}'
 
 
 def _node_target(cell: int, j: int, rest: str):

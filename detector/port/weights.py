@@ -42,6 +42,24 @@ def save(path: str, variables: Dict[str, Any], metadata: Dict[str, Any]):
     np.savez(f, **flat)
 
 
+def json_lists(value):
+  """Tuples -> lists, recursively: a value as the JSON metadata reads back."""
+  if isinstance(value, dict):
+    return {k: json_lists(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_lists(v) for v in value]
+  return value
+
+
+def config_tuples(value):
+  """Lists -> tuples, recursively: a metadata value as a config holds it."""
+  if isinstance(value, dict):
+    return {k: config_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(config_tuples(v) for v in value)
+  return value
+
+
 def load_metadata(path: str) -> Dict[str, Any]:
   """Only the metadata of a weights file (the arrays are not read)."""
   try:

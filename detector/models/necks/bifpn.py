@@ -186,7 +186,8 @@ class FusionNode(nn.Module):
       if x.shape[-1] != self.width:
         x = layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                                act=None, dtype=self.dtype,
-                               use_bias=self._bias(), name=f'resample{i}')(x)
+                               use_bias=_bias(self.redundant_bias),
+                               name=f'resample{i}')(x)
       if how == 'up':
         x = upsample_to(x, size)
       elif how == 'down':
@@ -202,10 +203,14 @@ class FusionNode(nn.Module):
                              name='depthwise')(x)
     return layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                               act=None, dtype=self.dtype,
-                              use_bias=self._bias(), name='pointwise')(x)
+                              use_bias=_bias(self.redundant_bias),
+                              name='pointwise')(x)
 
-  def _bias(self):
-    return True if self.redundant_bias else None
+
+def _bias(redundant_bias: bool):
+  """ConvNormAct's use_bias for a 1x1 conv before a norm: also a bias with
+  `redundant_bias`, else its default (a bias only without norm)."""
+  return True if redundant_bias else None
 
 
 class BiFPNLayer(nn.Module):
@@ -286,7 +291,7 @@ class BiFPN(nn.Module):
       if x.shape[-1] != self.width:
         x = layers.ConvNormAct(self.width, kernel_size=1, norm=self.norm,
                                act=None, dtype=self.dtype,
-                               use_bias=True if self.redundant_bias else None,
+                               use_bias=_bias(self.redundant_bias),
                                name=f'resample{level}')(x)
       x = max_pool_down(x, self.pool_padding)
       p[level] = x
