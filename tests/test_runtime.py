@@ -133,3 +133,52 @@ def test_flag_not_applied_where_unsafe_or_unwanted(monkeypatch):
   monkeypatch.setattr(runtime, '_backend_started', lambda: True)
   env = _env()
   assert not runtime.configure_xla_cpu(env) and env == {}
+
+
+_CACHE_PROBE = r'''
+import json, sys, time
+import jax, jax.numpy as jnp
+from detector import runtime
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event)
+    if event == '/jax/compilation_cache/cache_hits' else None)
+used = runtime.compilation_cache(sys.argv[1])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+x = jnp.arange(12.0).reshape(3, 4)
+y = jax.jit(lambda a: jnp.tanh(a @ a.T).sum(0))(x)
+print(json.dumps({'used': used, 'hits': len(hits), 'y': y.tolist(),
+                  'max_size': jax.config.jax_compilation_cache_max_size}))
+'''
+
+
+def _cache_probe(path, env=None):
+  environ = {k: v for k, v in os.environ.items()
+             if k != 'JAX_COMPILATION_CACHE_DIR'}
+  environ.update(env or {})
+  out = subprocess.run([sys.executable, '-c', _CACHE_PROBE, path], cwd=ROOT,
+                       env=environ, capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_compilation_cache_stores_and_reloads_a_program(tmp_path):
+  """config.compilation_cache_dir: the first process compiles and writes the
+  executable, a second one loads it (a cache hit) and computes the same."""
+  cache = tmp_path / 'cache'
+  first = _cache_probe(str(cache))
+  assert first['used'] == str(cache) and first['hits'] == 0
+  assert first['max_size'] == runtime.COMPILATION_CACHE_MAX_BYTES
+  assert any(cache.iterdir()), 'nothing written to the cache'
+  second = _cache_probe(str(cache))
+  assert second['hits'] >= 1
+  assert second['y'] == first['y']
+
+
+def test_compilation_cache_off_or_already_chosen(tmp_path):
+  """'' leaves JAX's setting alone; a cache JAX was given by its own
+  variable is kept (the config's directory then stays empty)."""
+  assert _cache_probe('')['used'] is None
+  own, configured = tmp_path / 'own', tmp_path / 'configured'
+  out = _cache_probe(str(configured), {'JAX_COMPILATION_CACHE_DIR': str(own)})
+  assert out['used'] == str(own)
+  assert any(own.iterdir()) and not configured.exists()

@@ -21,6 +21,7 @@ import pytest
 
 from detector import checkpoints
 from detector import errors
+from detector import runtime
 from detector import train
 from detector.configs import cnn
 from detector.train import state as state_lib
@@ -52,10 +53,14 @@ def _pycocotools_stats(eval_dir, split):
   return evaluator.stats
 
 
-def test_train_then_evaluation_files_rescore(tiny_config, tmp_path):
+def test_train_then_evaluation_files_rescore(tiny_config, tmp_path,
+                                             monkeypatch):
   # Interruptions and resume: tests/test_faults.py (real processes).
   workdir = str(tmp_path / 'wd')
+  caches = []  # The cache itself: tests/test_runtime.py (fresh processes).
+  monkeypatch.setattr(runtime, 'compilation_cache', caches.append)
   metrics = train.train_and_evaluate(tiny_config, workdir)
+  assert caches == [tiny_config.compilation_cache_dir]
   assert metrics is not None and metrics['num_images'] == 32
   assert _final_state(workdir)[0] == tiny_config.num_train_steps
 

@@ -21,6 +21,7 @@ import ml_collections
 
 from detector import checkpoints
 from detector import errors
+from detector import runtime
 from detector import tasks
 from detector.train import evaluate
 from detector.train import build
@@ -175,6 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     The metrics dict of the test split (also in workdir/eval/metrics_test.json),
     or None when training stopped early (SIGTERM, or on_evaluation).
   """
+  runtime.compilation_cache(config.get('compilation_cache_dir'))
   s = build.setup(config, workdir, devices)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
@@ -276,6 +278,7 @@ def _train(config, s, state, mngr, writer, workdir, start, on_evaluation):
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   """`--mode=evaluate`: scores the latest checkpoint in workdir."""
+  runtime.compilation_cache(config.get('compilation_cache_dir'))
   s = build.setup(config, workdir)
   mngr = checkpoints.manager(workdir, config.keep_checkpoints,
                              config.checkpoint_every_steps)
