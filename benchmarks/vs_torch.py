@@ -145,7 +145,7 @@ class JaxSide:
     s = train.build_setup(config, names, total_steps,
                           devices=jax.devices()[:1])
     self.setup, self.config = s, config
-    self.compile_s = {}
+    self.compile_s, self.flops = {}, {}
     state = s.init_fn(jax.random.PRNGKey(0))
     self.params_count = sum(int(np.prod(x.shape))
                             for x in jax.tree.leaves(state.params))
@@ -209,7 +209,6 @@ class JaxSide:
     cost = compiled.cost_analysis()
     if isinstance(cost, list):  # Older JAX: one dict per computation.
       cost = cost[0] if cost else {}
-    self.flops = getattr(self, 'flops', {})
     self.flops[name] = float((cost or {}).get('flops', 0.0))
     return compiled
 

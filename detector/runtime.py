@@ -112,8 +112,15 @@ def compilation_cache(path) -> str | None:
   os.makedirs(path, exist_ok=True)
   jax.config.update('jax_compilation_cache_dir', path)
   if jax.config.jax_compilation_cache_max_size == -1:
-    jax.config.update('jax_compilation_cache_max_size',
-                      COMPILATION_CACHE_MAX_BYTES)
+    # JAX bounds the cache under a file lock; without the package every
+    # read would fail, so the cache would go unused.
+    if importlib.util.find_spec('filelock') is None:
+      logging.getLogger('absl').warning(
+          'The compilation cache in %s is unbounded: install filelock '
+          '(requirements.txt) to bound it', path)
+    else:
+      jax.config.update('jax_compilation_cache_max_size',
+                        COMPILATION_CACHE_MAX_BYTES)
   return path
 
 
