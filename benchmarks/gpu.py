@@ -86,8 +86,8 @@ class EffdetSide(vs_torch.TorchSide):
     self.params_count = sum(p.numel() for p in model.parameters())
     self.train_bench = effdet.DetBenchTrain(model).to(device)
     self.predict_bench = effdet.DetBenchPredict(model).to(device)
+    self.train_module = self.train_bench
     self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    self.autocast = spec.dtype == 'bfloat16'
     nb = jax_side.numpy_batch
     self.images = self._normalised(torch.from_numpy(nb['image']).to(device))
     boxes = np.where(nb['box_mask'][..., None], nb['boxes'], -1)
@@ -98,24 +98,12 @@ class EffdetSide(vs_torch.TorchSide):
         b: self._normalised(torch.from_numpy(np.asarray(images)).to(device))
         for b, (_, images) in jax_side.infer.items()}
 
-  def train_step(self):
-    torch = self.torch
-    self.train_bench.train()
-    with torch.autocast(self.device.split(':')[0], dtype=torch.bfloat16,
-                        enabled=self.autocast):
-      loss = self.train_bench(self.images, self.targets)['loss']
-    loss.backward()
-    self.optimizer.step()
-    self.optimizer.zero_grad(set_to_none=True)
-    float(loss.detach())
-    self._sync()
+  def _loss_value(self):
+    return self.train_bench(self.images, self.targets)['loss']
 
   def predict(self, b):
-    torch = self.torch
     self.predict_bench.eval()
-    with torch.inference_mode(), torch.autocast(
-        self.device.split(':')[0], dtype=torch.bfloat16,
-        enabled=self.autocast):
+    with self.torch.inference_mode(), self.autocast():
       out = self.predict_bench(self.infer_images[b])
       self._sync()
       out.cpu()

@@ -414,7 +414,7 @@ class TorchSide:
     self.optimizer = torch.optim.SGD(
         [p for p in self.model.parameters() if p.requires_grad], lr=0.01,
         momentum=0.9)
-    self.autocast = (spec.dtype == 'bfloat16')
+    self.train_module = self.model  # What train() is called on.
     nb = jax_side.numpy_batch
     images = torch.from_numpy(nb['image']).to(device)
     kind = spec.name.split('@')[0]
@@ -484,11 +484,15 @@ class TorchSide:
     std = torch.tensor([0.229, 0.224, 0.225], device=images.device) * 255
     return ((images.float() - mean) / std).permute(0, 3, 1, 2)
 
+  def autocast(self):
+    """bfloat16 autocast for spec.dtype 'bfloat16', else nothing."""
+    return self.torch.autocast(self.device.split(':')[0],
+                               dtype=self.torch.bfloat16,
+                               enabled=self.spec.dtype == 'bfloat16')
+
   def train_step(self):
-    torch = self.torch
-    self.model.train()
-    with torch.autocast(self.device.split(':')[0], dtype=torch.bfloat16,
-                        enabled=self.autocast):
+    self.train_module.train()
+    with self.autocast():
       loss = self._loss_value()
     loss.backward()
     self.optimizer.step()
@@ -500,9 +504,7 @@ class TorchSide:
     torch = self.torch
     self.model.eval()
     images = self.infer_images[b]
-    with torch.inference_mode(), torch.autocast(
-        self.device.split(':')[0], dtype=torch.bfloat16,
-        enabled=self.autocast):
+    with torch.inference_mode(), self.autocast():
       if self.kind == 'cnn':
         out = self._post(self.model(images))
       elif self.kind == 'retinanet':
