@@ -1,7 +1,7 @@
 """Benchmark: detectors on one GPU against PyTorch on the same GPU, same run.
 
     python benchmarks/gpu.py [--cases=retinanet,d0] [--dtypes=float32,bfloat16]
-        [--repeats=5] [--steps=5] [--smoke]
+        [--repeats=3] [--steps=5] [--smoke]
 
 Needs no TensorFlow (the model, losses, train step and this script import
 none), so it runs on a machine with jax[cuda], flax, optax, orbax, torch and
@@ -182,7 +182,7 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_list('cases', list(CASES), f'Of {CASES}.')
   flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes.')
-  flags.DEFINE_integer('repeats', 5, 'Timed repeats (interleaved).')
+  flags.DEFINE_integer('repeats', 3, 'Timed repeats (interleaved).')
   flags.DEFINE_integer('steps', 5, 'Calls per repeat.')
   flags.DEFINE_bool('smoke', False, '128 px, batch 2, one call: a check that '
                     'the script runs, not a measurement.')

@@ -229,7 +229,7 @@ def _optimizer_and_loop(config):
   # JAX's persistent compilation cache: a rerun of the same program (a
   # resumed run, a sweep trial, --mode=evaluate) loads its compiled steps
   # instead of compiling them again (seconds for the default job, minutes
-  # for RetinaNet or EfficientDet on a CPU). '' turns it off. Bounded to
+  # for the larger EfficientDets on a CPU). '' turns it off. Bounded to
   # 4 GiB, least recently used first out; trust whoever can write there.
   config.compilation_cache_dir = '~/.cache/detector/jax'
 
