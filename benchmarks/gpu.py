@@ -118,22 +118,11 @@ def peak_flops(device_kind: str, dtype: str):
   return None
 
 
-def run(spec, device):
-  """Both sides of a spec (PyTorch's where available); a result dict."""
-  jax_side = vs_torch.JaxSide(spec, parts=('train', 'infer'))
-  sides = {'jax': jax_side}
+def torch_counterpart(spec, jax_side, device):
+  """torchvision's RetinaNet, effdet's D0 where effdet is installed, or None."""
   if spec.name.startswith('retinanet'):
-    sides['torch'] = vs_torch.TorchSide(spec, jax_side, device)
-  elif effdet_available():
-    sides['torch'] = EffdetSide(spec, jax_side, device)
-  metrics = {k: v for k, v in vs_torch.METRICS.items() if k != 'full step'}
-  times = vs_torch.measure(sides, metrics, FLAGS.repeats, FLAGS.steps)
-  return dict(case=spec.name, batch=spec.batch, train_size=spec.train_size,
-              infer_size=spec.infer_size, dtype=spec.dtype,
-              params_jax=jax_side.params_count,
-              params_torch=getattr(sides.get('torch'), 'params_count', None),
-              compile_s={k: round(v, 1) for k, v in jax_side.compile_s.items()},
-              flops=jax_side.flops, times=times)
+    return vs_torch.TorchSide(spec, jax_side, device)
+  return EffdetSide(spec, jax_side, device) if effdet_available() else None
 
 
 def main(argv):
@@ -160,7 +149,9 @@ def main(argv):
     for dtype in FLAGS.dtypes:
       spec = dataclasses.replace(specs[name], dtype=dtype)
       start = time.perf_counter()
-      result = run(spec, device)
+      result = vs_torch.run_case(spec, FLAGS.repeats, FLAGS.steps, device,
+                                 parts=('train', 'infer'),
+                                 torch_side=torch_counterpart)
       result['wall_s'] = round(time.perf_counter() - start, 1)
       peak = peak_flops(kind, dtype)
       step_s = result['times']['train']['jax']

@@ -108,14 +108,15 @@ def replay_convolution(inst, shapes, repeats=5):
   return statistics.median(times)
 
 
-def category(name, inst, batch):
+def category(name, inst, shapes, batch):
   """What an operation of the train step is, from its HLO and metadata."""
   op, rest = inst['op'], inst['rest']
   backward = 'transpose(jvp(' in rest
   if op == 'convolution':
     # The weight gradient runs as a convolution whose input is the
     # activation with batch and channels swapped: its feature dim is the batch.
-    lhs_features = inst['lhs_shape'][-1] if inst.get('lhs_shape') else None
+    lhs = shapes.get(inst['args'][0])
+    lhs_features = _dims(lhs)[-1] if lhs else None
     if lhs_features == batch and (backward or 'jvp(' not in rest):
       return 'conv weight-grad'
     return 'conv input-grad' if backward else 'conv forward'
@@ -195,7 +196,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   spec = vs_torch.cpu_specs()[FLAGS.case]
-  side = vs_torch.JaxSide(spec, parts=('train',))
+  side = vs_torch.JaxSide(spec, parts=())
   args = (*side.plain_state, side.batch)
   # Compiled without donation, so that the same arguments serve every call.
   fn = jax.jit(side.plain_fn).lower(*args).compile()
@@ -214,20 +215,19 @@ def main(argv):
   for name, inst in instructions.items():
     if inst['op'] != 'convolution':
       continue
-    inst['lhs_shape'] = _dims(shapes.get(inst['args'][0], 'f32[]'))
     key = (inst['rest'].split(', metadata')[0],
            tuple(shapes.get(a) for a in inst['args'][:2]))
     if key not in replayed:
       replayed[key] = replay_convolution(inst, shapes)
     seconds = replayed[key]
     if seconds is not None:
-      rows.append((seconds, name, category(name, inst, spec.batch),
+      rows.append((seconds, name, category(name, inst, shapes, spec.batch),
                    inst['shape'], 'replayed'))
   for name, seconds in thunks.items():
     inst = instructions.get(name)
     if inst is None or inst['op'] == 'convolution':
       continue
-    rows.append((seconds, name, category(name, inst, spec.batch),
+    rows.append((seconds, name, category(name, inst, shapes, spec.batch),
                  inst['shape'], 'traced'))
   rows.sort(reverse=True)
   print(f'\n{spec.name}: batch {spec.batch}, {spec.train_size} px, '

@@ -180,9 +180,10 @@ class JaxSide:
     self.plain_fn = plain_step
     plain = jax.tree_util.tree_map(jnp.copy, (state.params, state.batch_stats))
     self.plain_state = plain + (tx.init(plain[0]),)
-    self.plain = self._compile('train', jax.jit(plain_step,
-                                                donate_argnums=(0, 1, 2)),
-                               *self.plain_state, batch)
+    if 'train' in parts:
+      self.plain = self._compile('train', jax.jit(plain_step,
+                                                  donate_argnums=(0, 1, 2)),
+                                 *self.plain_state, batch)
     self._jax = jax
     if 'full step' in parts:
       self.full = self._compile('full step', train.make_train_step(s),
@@ -559,21 +560,28 @@ METRICS = {
 
 
 def run_case(spec: Spec, repeats: int, steps: int, device='cpu',
-             metrics=None):
-  """Builds both sides of `spec`, checks the twin, measures; a result dict."""
-  jax_side = JaxSide(spec)
-  torch_side = TorchSide(spec, jax_side, device)
-  if spec.name.startswith('cnn') and (jax_side.params_count
-                                      != torch_side.params_count):
+             parts=('train', 'full step', 'infer'), torch_side=None):
+  """Builds both sides of `spec`, checks the twin, measures; a result dict.
+
+  `parts` are JaxSide's; `torch_side(spec, jax_side, device)` builds the
+  PyTorch side (default TorchSide) or returns None for JAX alone.
+  """
+  jax_side = JaxSide(spec, parts)
+  sides = {'jax': jax_side}
+  torch_model_side = (torch_side or TorchSide)(spec, jax_side, device)
+  if torch_model_side is not None:
+    sides['torch'] = torch_model_side
+  params_torch = getattr(torch_model_side, 'params_count', None)
+  if spec.name.startswith('cnn') and jax_side.params_count != params_torch:
     raise AssertionError(
-        f'the PyTorch twin has {torch_side.params_count} parameters, the JAX '
+        f'the PyTorch twin has {params_torch} parameters, the JAX '
         f'model {jax_side.params_count}')
-  times = measure({'jax': jax_side, 'torch': torch_side}, metrics or METRICS,
-                  repeats, steps)
+  metrics = {k: v for k, v in METRICS.items()
+             if k != 'full step' or 'full step' in parts}
+  times = measure(sides, metrics, repeats, steps)
   return dict(case=spec.name, batch=spec.batch, train_size=spec.train_size,
               infer_size=spec.infer_size, dtype=spec.dtype,
-              params_jax=jax_side.params_count,
-              params_torch=torch_side.params_count,
+              params_jax=jax_side.params_count, params_torch=params_torch,
               compile_s={k: round(v, 1) for k, v in jax_side.compile_s.items()},
               flops=jax_side.flops, times=times)
 
